@@ -1,0 +1,71 @@
+"""ipyproctrack: background servers for notebooks that never outlive the notebook.
+
+Use the engine from plain Python (``Tracker``) or load the IPython extension with
+``%load_ext ipyproctrack``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._engine.drain import OutputChunk
+from ._engine.teardown import CleanupReport, ProcessInfo, ProcessOutcome
+from ._engine.tracker import TrackedProcess, Tracker
+from ._errors import (
+    AccessDenied,
+    ExitedBeforeReady,
+    LaunchError,
+    NameInUseError,
+    NoSuchProcess,
+    NotReadyError,
+    PortInUseError,
+    ProcTrackError,
+    ReadyTimeout,
+    TrackerClosedError,
+    UnknownProcessError,
+)
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "AccessDenied",
+    "CleanupReport",
+    "ExitedBeforeReady",
+    "LaunchError",
+    "NameInUseError",
+    "NoSuchProcess",
+    "NotReadyError",
+    "OutputChunk",
+    "PortInUseError",
+    "ProcTrackError",
+    "ProcessInfo",
+    "ProcessOutcome",
+    "ReadyTimeout",
+    "TrackedProcess",
+    "Tracker",
+    "TrackerClosedError",
+    "UnknownProcessError",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+)
+
+
+def load_ipython_extension(ip: InteractiveShell) -> None:
+    """``%load_ext ipyproctrack``: register the magics and the teardown hooks."""
+    from . import _notebook
+
+    _notebook.load(ip)
+
+
+def unload_ipython_extension(ip: InteractiveShell) -> None:
+    """``%unload_ext ipyproctrack``: tear down every tracked process first."""
+    from . import _notebook
+
+    _notebook.unload(ip)
+
+
+def __getattr__(name: str) -> Any:
+    raise AttributeError(f"module 'ipyproctrack' has no attribute {name!r}")

@@ -1,0 +1,2 @@
+"""The engine: sessions, launch, drain, tree discovery, teardown, readiness.
+It imports neither IPython nor ipywidgets."""

@@ -1,0 +1,385 @@
+"""Tree discovery and the phased teardown. Synchronous and free of anyio, so the keeper
+process can run the very same code when the kernel is gone.
+
+Phases: SIGTERM every process and group of every tree at once; wait up to ``grace``;
+SIGKILL the survivors (and say so); sweep the groups and the tags again; reap our children.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .. import _platform as plat
+
+FOUND_TREE = "tree"
+FOUND_GROUP = "group"
+FOUND_TAG = "tag"
+
+EXITED = "exited"
+SIGTERM = "SIGTERM"
+SIGKILL = "SIGKILL"
+ALREADY_GONE = "already gone"
+ACCESS_DENIED = "access denied"
+STILL_ALIVE = "still alive"
+
+_POLL = 0.02
+_SWEEP_ROUNDS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class ProcId:
+    """A process is (pid, create_time), never a bare pid: pids get reused."""
+
+    pid: int
+    create_time: float
+
+
+@dataclass
+class Target:
+    """One tracked tree, as the teardown needs to know it."""
+
+    name: str
+    root: ProcId | None
+    tag: str
+    group: int | None = None  # the session/group id its root leads
+    reap: Callable[[], bool] | None = None  # reaps our direct child; True once it has exited
+    helpers: Sequence[ProcId] = ()  # our own processes in the tree (keepers): never reported
+    root_exited: bool = False  # the root had exited on its own before the teardown
+    command: str = ""  # the root's command, for the report
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    pid: int
+    create_time: float
+    ppid: int
+    command: str
+    found_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessOutcome:
+    name: str
+    pid: int
+    command: str
+    found_by: str
+    ended_by: str
+    seconds: float
+
+    def describe(self) -> str:
+        cmd = self.command if len(self.command) <= 60 else self.command[:57] + "..."
+        return f"pid {self.pid} ({cmd})"
+
+
+@dataclass
+class CleanupReport:
+    """What a teardown found and what ended each process. ``str()`` reads as a summary."""
+
+    names: list[str] = field(default_factory=list)
+    outcomes: list[ProcessOutcome] = field(default_factory=list)
+    duration: float = 0.0
+    grace: float = 0.0
+    discovery: str = plat.DISCOVERY
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.survivors()
+
+    def survivors(self) -> list[ProcessOutcome]:
+        return [o for o in self.outcomes if o.ended_by in (STILL_ALIVE, ACCESS_DENIED)]
+
+    def escalations(self) -> list[str]:
+        return [m for m in self.messages if "SIGKILL" in m]
+
+    def summary_lines(self) -> list[str]:
+        lines = []
+        for name in self.names:
+            mine = [o for o in self.outcomes if o.name == name]
+            counts: dict[str, int] = {}
+            for o in mine:
+                counts[o.ended_by] = counts.get(o.ended_by, 0) + 1
+            how = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "nothing running"
+            alive = sum(counts.get(k, 0) for k in (STILL_ALIVE, ACCESS_DENIED))
+            verdict = f"{alive} STILL ALIVE" if alive else "all gone"
+            lines.append(f"{name}: {len(mine)} process(es), {verdict} ({how})")
+        return lines
+
+    def __str__(self) -> str:
+        if not self.names:
+            return "nothing to clean up"
+        head = (
+            f"cleanup of {len(self.names)} tracked tree(s) took {self.duration:.2f} s "
+            f"(grace {self.grace:g} s, discovery: {self.discovery})"
+        )
+        lines = [head, *("  " + s for s in self.summary_lines())]
+        lines += ["  " + m for m in self.messages]
+        for o in self.survivors():
+            lines.append(f"  {o.name}: {o.describe()} is {o.ended_by}")
+        return "\n".join(lines)
+
+    def details(self) -> str:
+        rows = [f"{'name':<16} {'pid':>7} {'found':<6} {'ended by':<13} {'s':>6}  command"]
+        for o in self.outcomes:
+            rows.append(
+                f"{o.name:<16} {o.pid:>7} {o.found_by:<6} {o.ended_by:<13} "
+                f"{o.seconds:>6.2f}  {o.command[:80]}"
+            )
+        return "\n".join(rows)
+
+
+def _protected() -> set[int]:
+    """Our own process and its ancestors: never signalled, whatever a scan says."""
+    out = {os.getpid()}
+    pid = os.getppid()
+    for _ in range(64):
+        if pid <= 1 or pid in out:
+            break
+        out.add(pid)
+        rec = plat.get_record(pid)
+        pid = rec.ppid if rec else 0
+    return out
+
+
+def _alive(ident: ProcId) -> bool:
+    rec = plat.get_record(ident.pid)
+    return rec is not None and not rec.zombie and plat.same_time(rec.create_time, ident.create_time)
+
+
+def group_is_ours(target: Target, snap: dict[int, plat.ProcRecord]) -> bool:
+    """A group/session id stays reserved while any member lives, so it is ours when the
+    pid that named it is gone or still holds our root; a recycled pid means it is not."""
+    if not plat.HAS_GROUPS or target.group is None or target.root is None:
+        return False
+    rec = snap.get(target.group)
+    return rec is None or plat.same_time(rec.create_time, target.root.create_time)
+
+
+def discover(
+    targets: Sequence[Target],
+    snap: dict[int, plat.ProcRecord],
+    *,
+    exclude: set[int],
+) -> dict[int, tuple[Target, plat.ProcRecord, str]]:
+    """Each live process that belongs to a target: its descendants, its group, its tag."""
+    children: dict[int, list[int]] = {}
+    for rec in snap.values():
+        children.setdefault(rec.ppid, []).append(rec.pid)
+    found: dict[int, tuple[Target, plat.ProcRecord, str]] = {}
+
+    def add(t: Target, rec: plat.ProcRecord, how: str) -> None:
+        if rec.pid not in found and rec.pid not in exclude and not rec.zombie:
+            found[rec.pid] = (t, rec, how)
+
+    for t in targets:
+        roots = [t.root, *t.helpers] if t.root else list(t.helpers)
+        stack = []
+        for ident in roots:
+            root_rec = snap.get(ident.pid)
+            if root_rec is not None and plat.same_time(root_rec.create_time, ident.create_time):
+                if ident == t.root:
+                    add(t, root_rec, FOUND_TREE)
+                stack.append(root_rec.pid)
+        while stack:  # descendants, leaves reached through their living parents
+            for child in children.get(stack.pop(), ()):
+                add(t, snap[child], FOUND_TREE)
+                stack.append(child)
+        if group_is_ours(t, snap):
+            for rec in snap.values():
+                if t.group in (rec.pgid, rec.sid):
+                    add(t, rec, FOUND_GROUP)
+        for rec in snap.values():
+            if rec.process_tag is not None and rec.process_tag == t.tag:
+                add(t, rec, FOUND_TAG)
+    return found
+
+
+def tree_of(target: Target) -> list[ProcessInfo]:
+    """The live members of one tracked tree (helpers left out)."""
+    snap = plat.scan_processes(with_tags=True)
+    helpers = {h.pid for h in target.helpers}
+    found = discover([target], snap, exclude=_protected() | helpers)
+    return [
+        ProcessInfo(pid, rec.create_time, rec.ppid, plat.command_of(pid), how)
+        for pid, (_, rec, how) in sorted(found.items())
+    ]
+
+
+@dataclass
+class _Member:
+    target: Target
+    ident: ProcId
+    command: str
+    found_by: str
+    ended_by: str | None = None
+    seconds: float = 0.0
+
+
+class _Teardown:
+    def __init__(self, targets: Sequence[Target], grace: float, exclude: Iterable[int]) -> None:
+        self.targets = list(targets)
+        self.grace = max(grace, 0.0)
+        self.exclude = _protected() | set(exclude)
+        for t in self.targets:
+            self.exclude.update(h.pid for h in t.helpers)
+        self.members: dict[int, _Member] = {}
+        self.report = CleanupReport(names=[t.name for t in self.targets], grace=self.grace)
+        self.t0 = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def scan(self) -> list[_Member]:
+        """Rescan; return the members not seen before."""
+        snap = plat.scan_processes(with_tags=True)
+        new = []
+        for pid, (t, rec, how) in discover(self.targets, snap, exclude=self.exclude).items():
+            old = self.members.get(pid)
+            if old is not None and plat.same_time(old.ident.create_time, rec.create_time):
+                continue
+            m = _Member(t, ProcId(pid, rec.create_time), plat.command_of(pid), how)
+            self.members[pid] = m
+            new.append(m)
+        return new
+
+    def signal(self, members: Iterable[_Member], which: plat.Signal) -> None:
+        for m in members:
+            res = plat.send_signal(m.ident.pid, m.ident.create_time, which)
+            if res == "gone" and m.ended_by is None:
+                m.ended_by, m.seconds = ALREADY_GONE, self.elapsed()
+            elif res == "denied":
+                m.ended_by, m.seconds = ACCESS_DENIED, self.elapsed()
+
+    def signal_groups(self, which: plat.Signal) -> None:
+        for t in self.targets:
+            if t.group is None:
+                continue
+            rec = plat.get_record(t.group)
+            live = {} if rec is None else {t.group: rec}
+            # killpg is atomic against forks racing the scan, but only while the group is ours.
+            if group_is_ours(t, live) and any(
+                m.target is t and m.ended_by is None for m in self.members.values()
+            ):
+                plat.signal_group(t.group, which)
+
+    def pending(self) -> list[_Member]:
+        return [m for m in self.members.values() if m.ended_by is None]
+
+    def settle(self, how: str) -> list[_Member]:
+        """Mark the members that are gone; return the ones still alive."""
+        for t in self.targets:
+            if t.reap is not None:
+                with contextlib.suppress(Exception):  # best effort: a stuck child shows alive
+                    t.reap()
+        alive = []
+        for m in self.pending():
+            if _alive(m.ident):
+                alive.append(m)
+            else:
+                m.ended_by, m.seconds = how, self.elapsed()
+        return alive
+
+    def wait(self, until: float, how: str, *, rescan_every: float = 0.25) -> list[_Member]:
+        next_scan = time.monotonic() + rescan_every
+        delay = _POLL / 4
+        while True:
+            alive = self.settle(how)
+            now = time.monotonic()
+            if now >= next_scan and now < until:
+                fresh = self.scan()  # children forked during the shutdown get the same treatment
+                self.signal(fresh, "term" if how == SIGTERM else "kill")
+                alive += [m for m in fresh if m.ended_by is None]
+                next_scan = now + rescan_every
+            if not alive or now >= until:
+                return alive
+            time.sleep(min(delay, max(until - now, 0.0)))
+            delay = min(delay * 2, _POLL * 2.5)
+
+    def run(self) -> CleanupReport:
+        for t in self.targets:
+            if t.root_exited and t.root is not None and not _alive(t.root):
+                self.report.outcomes.append(
+                    ProcessOutcome(t.name, t.root.pid, t.command, FOUND_TREE, EXITED, 0.0)
+                )
+        first = self.scan()
+        # 1. SIGTERM to every process and group of every tree at once.
+        self.signal(first, "term")
+        self.signal_groups("term")  # after: catches what forked since the scan
+        # 2. Wait up to grace.
+        survivors = self.wait(time.monotonic() + self.grace, SIGTERM)
+        # 3. SIGKILL the survivors, loudly.
+        if survivors:
+            waited = self.elapsed()
+            for m in survivors:
+                self.report.messages.append(
+                    f"{m.target.name}: pid {m.ident.pid} ({_short(m.command)}) ignored SIGTERM "
+                    f"for {waited:.1f} s; sent SIGKILL"
+                )
+            self.signal(survivors, "kill")
+            self.signal_groups("kill")
+            self.wait(time.monotonic() + 1.0, SIGKILL, rescan_every=0.1)
+        # 4. Sweep: rescan groups, tags and trees; kill what newly appeared.
+        for _ in range(_SWEEP_ROUNDS):
+            fresh = self.scan()
+            if not fresh:
+                break
+            for m in fresh:
+                self.report.messages.append(
+                    f"{m.target.name}: pid {m.ident.pid} ({_short(m.command)}) appeared during "
+                    f"cleanup; sent SIGKILL"
+                )
+            self.signal(fresh, "kill")
+            self.wait(time.monotonic() + 1.0, SIGKILL, rescan_every=0.1)
+        # 5. Reap our own children; helpers (keepers) exit once their subtree is empty.
+        self._finish_helpers()
+        self.settle(SIGKILL)
+        for m in self.pending():
+            m.ended_by, m.seconds = STILL_ALIVE, self.elapsed()
+        for m in self.members.values():
+            assert m.ended_by is not None
+            self.report.outcomes.append(
+                ProcessOutcome(m.target.name, m.ident.pid, m.command, m.found_by,
+                               m.ended_by, round(m.seconds, 3))
+            )
+        for o in self.report.outcomes:
+            if o.ended_by in (STILL_ALIVE, ACCESS_DENIED):
+                self.report.messages.append(f"{o.name}: could not end {o.describe()}: {o.ended_by}")
+        self.report.duration = self.elapsed()
+        return self.report
+
+    def _finish_helpers(self) -> None:
+        helpers = [(t, h) for t in self.targets for h in t.helpers]
+        deadline = time.monotonic() + 0.5
+        while helpers and time.monotonic() < deadline:
+            for t in self.targets:
+                if t.reap is not None:
+                    with contextlib.suppress(Exception):  # best effort, as in settle()
+                        t.reap()
+            helpers = [(t, h) for t, h in helpers if _alive(h)]
+            if helpers:
+                time.sleep(_POLL)
+        for t, h in helpers:
+            plat.send_signal(h.pid, h.create_time, "kill")
+            self.report.messages.append(f"{t.name}: helper pid {h.pid} did not exit; sent SIGKILL")
+
+
+def _short(command: str) -> str:
+    return command if len(command) <= 50 else command[:47] + "..."
+
+
+def run_teardown(
+    targets: Sequence[Target], *, grace: float, exclude_pids: Iterable[int] = ()
+) -> CleanupReport:
+    """The phased teardown of every target at once. Never raises: what it cannot end is
+    reported as still alive (or access denied)."""
+    td = _Teardown(targets, grace, exclude_pids)
+    try:
+        return td.run()
+    except Exception as exc:  # cleanup never raises; it reports what it could not do
+        td.report.messages.append(f"cleanup failed part-way: {type(exc).__name__}: {exc}")
+        td.report.duration = td.elapsed()
+        return td.report

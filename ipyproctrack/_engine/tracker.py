@@ -1,0 +1,637 @@
+"""Tracker (one session) and TrackedProcess (one launch). No IPython, no widgets."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import os
+import re
+import secrets
+import shlex
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from functools import partial
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
+
+from .. import _platform as plat
+from .._errors import (
+    LaunchError,
+    NameInUseError,
+    NotReadyError,
+    TrackerClosedError,
+    UnknownProcessError,
+)
+from .drain import STDERR, STDOUT, OutputChunk, OutputSink, RotatingLog
+from .teardown import CleanupReport, ProcessInfo, ProcId, Target, run_teardown, tree_of
+
+if TYPE_CHECKING:
+    from .ready import ReadinessCheck
+
+    ReadySpec = ReadinessCheck | Sequence[ReadinessCheck] | None
+else:
+    ReadySpec = Any
+
+_READ_SIZE = 1 << 18
+# Words a shell runs itself: a script that starts with one of these needs no executable.
+_SHELL_WORDS = frozenset(
+    (
+        "! . : [ [[ { ( alias bg break builtin caller case cd command compgen complete "
+        "continue declare dirs disown echo enable eval exec exit export false fc fg for "
+        "function getopts hash help history if jobs kill let local logout mapfile popd printf "
+        "pushd pwd read readarray readonly return select set shift shopt source suspend test "
+        "time times trap true type typeset ulimit umask unalias unset until wait while coproc "
+    ).split()
+)
+_NAME_OK = re.compile(r"[^A-Za-z0-9_.-]+")
+
+_live_trackers: weakref.WeakSet[Tracker] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_trackers() -> None:
+    """Plain Python scripts get the same promise as notebooks: nothing outlives us."""
+    for tracker in list(_live_trackers):
+        tracker.close(grace=1.0)
+
+
+class TrackedProcess:
+    """One tracked launch: its root process, its output and its tree."""
+
+    def __init__(
+        self,
+        tracker: Tracker,
+        *,
+        name: str,
+        command: str,
+        popen: subprocess.Popen[bytes],
+        create_time: float,
+        tag: str,
+        cwd: Path,
+        sink: OutputSink,
+    ) -> None:
+        self.tracker = tracker
+        self.name = name
+        self.command = command
+        self.pid = popen.pid
+        self.tag = tag
+        self.cwd = cwd
+        self.log_path = sink.log.path
+        self.started_at = time.time()
+        self.create_time = create_time
+        self.returncode: int | None = None
+        self.stopped = False
+        self.ready_state: str | None = None
+        self.ready_seconds: float | None = None
+        self._popen = popen
+        self._sink = sink
+        self._exited = threading.Event()
+        self._drained = threading.Event()
+        self._exit_callbacks: list[Callable[[TrackedProcess], None]] = []
+        self._checks: list[ReadinessCheck] = []
+
+    def __repr__(self) -> str:
+        return f"<TrackedProcess {self.name!r} pid={self.pid} {self.state}>"
+
+    @property
+    def state(self) -> str:
+        if self.returncode is None:
+            return "starting" if self.ready_state == "starting" else "running"
+        if self.stopped:
+            return "stopped"
+        return f"exited {self.returncode}"
+
+    def is_running(self) -> bool:
+        """True while the root command runs (its tree may outlive it: see tree())."""
+        return self.returncode is None
+
+    # --- output -----------------------------------------------------------------------------
+    @property
+    def output_version(self) -> int:
+        return self._sink.version
+
+    @property
+    def bytes_received(self) -> int:
+        return self._sink.bytes_received
+
+    @property
+    def log_error(self) -> str | None:
+        return self._sink.log.error
+
+    def log_files(self) -> list[Path]:
+        """The log and its rotated backups, oldest first."""
+        return self._sink.log.files()
+
+    def tail(self, lines: int = 50, *, stream: str | None = None) -> str:
+        """The last ``lines`` lines of output (stdout and stderr interleaved, or one stream)."""
+        return self._sink.tail(lines, stream=stream)
+
+    def tail_chunks(self, lines: int = 50) -> list[tuple[str, str]]:
+        """The last lines as (stream, text) runs, oldest first: for telling stderr apart."""
+        return self._sink.tail_chunks(lines)
+
+    def subscribe(self, callback: Callable[[list[OutputChunk]], None]) -> Callable[[], None]:
+        """Call ``callback`` with batches of new output, on a thread of its own.
+        Returns the function that unsubscribes."""
+        return self._sink.subscribe(callback)
+
+    def on_exit(self, callback: Callable[[TrackedProcess], None]) -> None:
+        """Call ``callback(self)`` once the root exits (at once if it already has)."""
+        with self.tracker._lock:
+            if not self._exited.is_set():
+                self._exit_callbacks.append(callback)
+                return
+        callback(self)
+
+    # --- lifetime ---------------------------------------------------------------------------
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Block until the root command exits; its return code, or None on timeout."""
+        self._exited.wait(timeout)
+        return self.returncode
+
+    def tree(self) -> list[ProcessInfo]:
+        """The live processes of this tree: descendants, group members and tag matches."""
+        return tree_of(self._target())
+
+    def stop(self, *, grace: float | None = None) -> CleanupReport:
+        """Phased teardown of this tree; blocks up to grace + about 1 s. Never raises."""
+        return self.tracker._teardown([self], grace)
+
+    async def astop(self, *, grace: float | None = None) -> CleanupReport:
+        return await anyio.to_thread.run_sync(partial(self.stop, grace=grace))
+
+    def wait_ready(self, timeout: float = 30.0) -> float:
+        """Block until every readiness check passes; seconds it took. On failure the
+        tree is torn down and a NotReadyError names why, with the last output lines."""
+        return self.tracker._wait_ready(self, timeout)
+
+    async def await_ready(self, timeout: float = 30.0) -> float:
+        return await anyio.to_thread.run_sync(partial(self.wait_ready, timeout))
+
+    # --- engine internals -------------------------------------------------------------------
+    def _target(self) -> Target:
+        return Target(
+            name=self.name,
+            root=ProcId(self.pid, self.create_time),
+            tag=self.tag,
+            group=self.pid if plat.HAS_GROUPS else None,
+            reap=self._reap,
+            root_exited=self.returncode is not None and not self.stopped,
+            command=self.command,
+        )
+
+    def _reap(self) -> bool:
+        return self._popen.poll() is not None
+
+    def _set_exited(self, returncode: int) -> None:
+        with self.tracker._lock:
+            self.returncode = returncode
+            self._exited.set()
+            callbacks, self._exit_callbacks = self._exit_callbacks, []
+        for cb in callbacks:
+            with contextlib.suppress(Exception):  # a broken listener must not stop the loop
+                cb(self)
+
+
+class Tracker(AbstractContextManager["Tracker"]):
+    """One session: a unique tag, one background loop thread, one log directory."""
+
+    def __init__(
+        self,
+        *,
+        log_dir: str | os.PathLike[str] | None = None,
+        grace: float = 3.0,
+        tail_lines: int = 2000,
+        tail_bytes: int = 1 << 20,
+        log_max_bytes: int = 50 * 2**20,
+        log_backups: int = 10,
+    ) -> None:
+        self.session_tag = f"{os.getpid()}-{secrets.token_hex(6)}"
+        if log_dir is None:
+            self.log_dir = Path(tempfile.mkdtemp(prefix=f"ipyproctrack-{self.session_tag}-"))
+        else:
+            self.log_dir = Path(log_dir).expanduser().resolve()
+            try:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise LaunchError(f"cannot create log directory {self.log_dir}: "
+                                  f"{exc.strerror}") from None
+        self.grace = grace
+        self.tail_lines = tail_lines
+        self.tail_bytes = tail_bytes
+        self.log_max_bytes = log_max_bytes
+        self.log_backups = log_backups
+        self.closed = False
+        self._lock = threading.RLock()
+        self._procs: dict[str, TrackedProcess] = {}
+        self._counter = itertools.count(1)
+        self._name_counts: dict[str, int] = {}
+        self._portal_cm: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = None
+        self._portal: anyio.from_thread.BlockingPortal | None = None
+        _live_trackers.add(self)
+
+    def __repr__(self) -> str:
+        return f"<Tracker {self.session_tag} {len(self._procs)} process(es)>"
+
+    # --- registry ---------------------------------------------------------------------------
+    def get(self, name: str) -> TrackedProcess:
+        with self._lock:
+            try:
+                return self._procs[name]
+            except KeyError:
+                known = ", ".join(self._procs) or "none"
+                raise UnknownProcessError(
+                    f"no tracked process named {name!r} (known: {known})"
+                ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._procs
+
+    def __iter__(self) -> Iterator[TrackedProcess]:
+        return iter(self.processes())
+
+    def processes(self) -> list[TrackedProcess]:
+        with self._lock:
+            return list(self._procs.values())
+
+    # --- launch -----------------------------------------------------------------------------
+    def start(
+        self,
+        command: str | Sequence[str],
+        *,
+        name: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        replace: bool = False,
+        ready: ReadySpec = None,
+        ready_timeout: float = 30.0,
+    ) -> TrackedProcess:
+        """Start ``command`` in its own session, tagged, with its output drained at once.
+
+        A str is run by bash (or sh); a list is executed as it is. With ``ready``, block
+        until the checks pass (see wait_ready). Raises LaunchError before anything runs
+        when the command, its directory or the name cannot be used."""
+        if self.closed:
+            raise TrackerClosedError("this Tracker is closed; create a new one")
+        argv, display = _argv_of(command)
+        workdir = _checked_cwd(cwd)
+        full_env = self._child_env(env)
+        _check_executable(command, argv, full_env, workdir)
+        checks = _as_checks(ready)
+        with self._lock:
+            name = self._pick_name(name, argv if isinstance(command, str) else list(command))
+            old = self._procs.get(name)
+        if old is not None and old.is_running():
+            if not replace:
+                raise NameInUseError(
+                    f"{name!r} is still running (pid {old.pid}); stop it first or use replace=True"
+                )
+            old.stop()
+        self._check_ports(checks)
+        proc = self._launch(argv, display, name=name, cwd=workdir, env=full_env)
+        if checks:
+            proc._checks = checks
+            proc.ready_state = "starting"
+            for check in checks:
+                check.prepare(proc)
+        self._portal_start(proc)
+        if checks:
+            self._wait_ready(proc, ready_timeout)
+        return proc
+
+    async def astart(
+        self,
+        command: str | Sequence[str],
+        *,
+        name: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        replace: bool = False,
+        ready: ReadySpec = None,
+        ready_timeout: float = 30.0,
+    ) -> TrackedProcess:
+        """start() on a worker thread, so the caller's event loop keeps running."""
+        return await anyio.to_thread.run_sync(
+            partial(self.start, command, name=name, cwd=cwd, env=env, replace=replace,
+                    ready=ready, ready_timeout=ready_timeout)
+        )
+
+    def _child_env(self, env: Mapping[str, str] | None) -> dict[str, str]:
+        full = dict(os.environ)
+        for key, value in (env or {}).items():
+            if not isinstance(key, str) or not isinstance(value, str) or not key or "=" in key:
+                raise LaunchError(f"bad environment entry {key!r}={value!r}: "
+                                  "keys and values must be strings, keys without '='")
+            full[key] = value
+        full[plat.TAG_SESSION] = self.session_tag
+        return full
+
+    def _pick_name(self, name: str | None, argv: Sequence[str]) -> str:
+        if name is not None:
+            if not isinstance(name, str) or not name.strip():
+                raise LaunchError(f"bad name {name!r}: use a non-empty string")
+            return name
+        base = _NAME_OK.sub("", Path(_first_word(argv)).name) or "proc"
+        while True:
+            n = self._name_counts.get(base, 0) + 1
+            self._name_counts[base] = n
+            candidate = f"{base}-{n}"
+            if candidate not in self._procs:
+                return candidate
+
+    def _launch(
+        self, argv: list[str], display: str, *, name: str, cwd: Path, env: dict[str, str]
+    ) -> TrackedProcess:
+        tag = f"{self.session_tag}.{next(self._counter)}"
+        env[plat.TAG_PROCESS] = tag
+        log_path = self.log_dir / f"{_NAME_OK.sub('_', name)}.log"
+        sink = OutputSink(
+            RotatingLog(log_path, max_bytes=self.log_max_bytes, backups=self.log_backups),
+            tail_bytes=self.tail_bytes,
+            tail_lines=self.tail_lines,
+        )
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                cwd=cwd,
+                env=env,
+                close_fds=True,
+                **plat.popen_kwargs(),
+            )
+        except OSError as exc:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            sink.close()
+            raise LaunchError(_launch_failure(argv[0], exc)) from None
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        rec = plat.get_record(popen.pid)  # not reaped yet, so the pid cannot be reused
+        proc = TrackedProcess(
+            self, name=name, command=display, popen=popen,
+            create_time=rec.create_time if rec else time.time(), tag=tag, cwd=cwd, sink=sink,
+        )
+        proc._fds = (out_r, err_r)  # type: ignore[attr-defined]
+        with self._lock:
+            self._procs.pop(name, None)
+            self._procs[name] = proc
+        return proc
+
+    # --- the background loop ----------------------------------------------------------------
+    def _get_portal(self) -> anyio.from_thread.BlockingPortal:
+        with self._lock:
+            if self._portal is None:
+                cm = anyio.from_thread.start_blocking_portal()
+                self._portal = cm.__enter__()
+                self._portal_cm = cm
+            return self._portal
+
+    def _portal_start(self, proc: TrackedProcess) -> None:
+        self._get_portal().start_task_soon(self._supervise, proc)
+
+    async def _supervise(self, proc: TrackedProcess) -> None:
+        out_fd, err_fd = proc._fds  # type: ignore[attr-defined]
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_drain, proc._sink, out_fd, STDOUT)
+                tg.start_soon(_drain, proc._sink, err_fd, STDERR)
+                tg.start_soon(_watch_exit, proc)
+        finally:
+            proc._sink.close()
+            proc._drained.set()
+
+    # --- readiness --------------------------------------------------------------------------
+    def _check_ports(self, checks: Sequence[ReadinessCheck]) -> None:
+        if not any(c.port for c in checks):
+            return
+        from .ports import check_port_free
+
+        owners: dict[int, str] = {}
+        for p in self.processes():
+            if p.is_running() or p.returncode is not None:
+                for info in p.tree():
+                    owners[info.pid] = p.name
+        for c in checks:
+            if c.port:
+                check_port_free(c.port, c.host, owners=owners)
+
+    def _wait_ready(self, proc: TrackedProcess, timeout: float) -> float:
+        from .ready import wait_until_ready
+
+        if not proc._checks:
+            return 0.0
+        proc.ready_state = "starting"
+        try:
+            seconds = self._get_portal().call(
+                partial(wait_until_ready, proc, proc._checks, timeout=timeout)
+            )
+        except NotReadyError:
+            proc.ready_state = "failed"
+            proc.stop()
+            raise
+        finally:
+            for c in proc._checks:
+                c.close()
+        proc.ready_state, proc.ready_seconds = "ready", seconds
+        return float(seconds)
+
+    # --- teardown ---------------------------------------------------------------------------
+    def cleanup(self, *names: str, grace: float | None = None) -> CleanupReport:
+        """Phased teardown of the named trees, or of every tree. Blocks up to grace + ~1 s.
+        Unknown names raise UnknownProcessError; the teardown itself never raises."""
+        procs = [self.get(n) for n in names] if names else self.processes()
+        return self._teardown(procs, grace)
+
+    async def acleanup(self, *names: str, grace: float | None = None) -> CleanupReport:
+        """cleanup() on a worker thread: the scans stay off the caller's event loop."""
+        return await anyio.to_thread.run_sync(partial(self.cleanup, *names, grace=grace))
+
+    def _teardown(self, procs: Sequence[TrackedProcess], grace: float | None) -> CleanupReport:
+        grace = self.grace if grace is None else grace
+        was_running = [p for p in procs if p.is_running()]
+        report = run_teardown([p._target() for p in procs], grace=grace)
+        for p in was_running:
+            p.stopped = True
+        for p in procs:  # let the drain take in the last output before we report
+            p._exited.wait(max(0.0, 1.0 - report.duration) if p in was_running else 0)
+        return report
+
+    def close(self, *, grace: float | None = None) -> CleanupReport:
+        """Tear down every tree and stop the background loop. Idempotent; never raises."""
+        with self._lock:
+            if self.closed:
+                return CleanupReport()
+            self.closed = True
+        report = self._teardown(self.processes(), grace)
+        deadline = time.monotonic() + 1.0
+        for p in self.processes():
+            p._drained.wait(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            portal, cm = self._portal, self._portal_cm
+            self._portal = self._portal_cm = None
+        if portal is not None and cm is not None:
+            try:
+                portal.call(portal.stop, True)
+                cm.__exit__(None, None, None)
+            except Exception as exc:  # closing must not raise; say what went wrong
+                report.messages.append(f"stopping the drain loop failed: {exc}")
+        _live_trackers.discard(self)
+        return report
+
+    async def aclose(self, *, grace: float | None = None) -> CleanupReport:
+        return await anyio.to_thread.run_sync(partial(self.close, grace=grace))
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# --- the loop's tasks ------------------------------------------------------------------------
+
+
+async def _drain(sink: OutputSink, fd: int, stream: str) -> None:
+    """Read until EOF, whatever the caller's thread is doing."""
+    try:
+        if not plat.ASYNC_PIPES:
+            await _drain_threaded(sink, fd, stream)
+            return
+        os.set_blocking(fd, False)
+        plat.enlarge_pipe(fd)
+        while True:
+            try:
+                data = os.read(fd, _READ_SIZE)
+            except BlockingIOError:
+                await anyio.wait_readable(fd)
+                continue
+            if not data:
+                return
+            sink.feed(stream, data)
+            await anyio.lowlevel.checkpoint()
+    except OSError as exc:
+        sink.feed(STDERR, f"\n[ipyproctrack: reading {stream} failed: {exc}]\n".encode())
+    finally:
+        os.close(fd)
+
+
+async def _drain_threaded(sink: OutputSink, fd: int, stream: str) -> None:
+    limiter = anyio.CapacityLimiter(1)
+    while data := await anyio.to_thread.run_sync(
+        os.read, fd, _READ_SIZE, abandon_on_cancel=True, limiter=limiter
+    ):
+        sink.feed(stream, data)
+
+
+async def _watch_exit(proc: TrackedProcess) -> None:
+    popen = proc._popen
+    waiter = plat.open_exit_waiter(popen.pid)
+    if waiter is not None:
+        try:
+            await anyio.wait_readable(waiter)
+        finally:
+            os.close(waiter)
+    delay = 0.005
+    while (rc := popen.poll()) is None:
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 0.2)
+    proc._set_exited(rc)
+
+
+# --- argument checks -------------------------------------------------------------------------
+
+
+def _argv_of(command: str | Sequence[str]) -> tuple[list[str], str]:
+    if isinstance(command, str):
+        if not command.strip():
+            raise LaunchError("empty command: give a shell script or a list of arguments")
+        return plat.shell_argv(command), command.strip()
+    if isinstance(command, bytes):
+        raise LaunchError("command must be str or a list of str, not bytes")
+    argv = [os.fspath(a) for a in command]
+    if not argv or not argv[0]:
+        raise LaunchError("empty command: give a shell script or a list of arguments")
+    return argv, shlex.join(argv)
+
+
+def _checked_cwd(cwd: str | os.PathLike[str] | None) -> Path:
+    path = Path(cwd).expanduser() if cwd is not None else Path.cwd()
+    if not path.exists():
+        raise LaunchError(f"directory not found: {path}")
+    if not path.is_dir():
+        raise LaunchError(f"not a directory: {path}")
+    return path.resolve()
+
+
+def _first_word(argv: Sequence[str]) -> str:
+    if len(argv) >= 3 and argv[1] in ("-c", "/c"):
+        try:
+            words = shlex.split(argv[-1].strip().splitlines()[0], comments=True)
+        except (ValueError, IndexError):
+            return "sh"
+        for w in words:
+            if "=" not in w:
+                return w
+        return "sh"
+    return argv[0] if argv else "proc"
+
+
+def _check_executable(
+    command: str | Sequence[str], argv: list[str], env: Mapping[str, str], cwd: Path
+) -> None:
+    """Catch the missing command before anything runs, also for one-line shell scripts."""
+    if isinstance(command, str):
+        first = command.strip().splitlines()[0]
+        try:
+            words = shlex.split(first, comments=True)
+        except ValueError:
+            return  # unbalanced quotes and the like: let the shell say what it thinks
+        words = [w for w in words if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", w)]
+        if not words or words[0] in _SHELL_WORDS or any(c in first for c in "(){}|&;<>`$"):
+            return
+        exe = words[0]
+    else:
+        exe = argv[0]
+    if os.sep in exe or (os.altsep and os.altsep in exe):
+        path = exe if os.path.isabs(exe) else str(cwd / exe)
+        if not os.path.exists(path):
+            raise LaunchError(f"command not found: {exe}")
+        return
+    if shutil.which(exe, path=env.get("PATH")) is None:
+        raise LaunchError(f"command not found: {exe}")
+
+
+def _launch_failure(exe: str, exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return f"command not found: {exe}"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exe}"
+    return f"cannot start {exe}: {exc.strerror or exc}"
+
+
+def _as_checks(ready: ReadySpec) -> list[ReadinessCheck]:
+    if ready is None:
+        return []
+    from .ready import as_checks
+
+    return as_checks(ready)

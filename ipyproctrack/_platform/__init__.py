@@ -1,0 +1,84 @@
+"""The one platform switch. Nothing outside this package tests ``sys.platform``."""
+
+from __future__ import annotations
+
+import sys
+
+from ._common import TAG_PROCESS, TAG_SESSION, ProcRecord, SendResult, Signal, same_time
+
+IS_LINUX = sys.platform.startswith("linux")
+IS_WINDOWS = sys.platform == "win32"
+IS_POSIX = not IS_WINDOWS
+# Process groups (and sessions) exist, so a whole group can be signalled and swept.
+HAS_GROUPS = IS_POSIX
+# Only Linux can make orphans re-parent to one of our processes (PR_SET_CHILD_SUBREAPER).
+HAS_SUBREAPER = IS_LINUX
+# Pipes can be watched by the event loop (add_reader); Windows needs reader threads.
+ASYNC_PIPES = IS_POSIX
+
+if IS_WINDOWS:
+    from .windows import (
+        DISCOVERY,
+        command_of,
+        enlarge_pipe,
+        get_record,
+        open_exit_waiter,
+        popen_kwargs,
+        scan_processes,
+        scan_tags,
+        send_signal,
+        shell_argv,
+        signal_group,
+    )
+elif IS_LINUX:
+    from .linux import (
+        DISCOVERY,
+        command_of,
+        enlarge_pipe,
+        get_record,
+        open_exit_waiter,
+        scan_processes,
+        scan_tags,
+        send_signal,
+    )
+    from .posix import popen_kwargs, shell_argv, signal_group
+else:
+    from .posix import (
+        DISCOVERY,
+        command_of,
+        enlarge_pipe,
+        get_record,
+        open_exit_waiter,
+        popen_kwargs,
+        scan_processes,
+        scan_tags,
+        send_signal,
+        shell_argv,
+        signal_group,
+    )
+
+__all__ = [
+    "ASYNC_PIPES",
+    "DISCOVERY",
+    "HAS_GROUPS",
+    "HAS_SUBREAPER",
+    "IS_LINUX",
+    "IS_POSIX",
+    "IS_WINDOWS",
+    "TAG_PROCESS",
+    "TAG_SESSION",
+    "ProcRecord",
+    "SendResult",
+    "Signal",
+    "command_of",
+    "enlarge_pipe",
+    "get_record",
+    "open_exit_waiter",
+    "popen_kwargs",
+    "same_time",
+    "scan_processes",
+    "scan_tags",
+    "send_signal",
+    "shell_argv",
+    "signal_group",
+]

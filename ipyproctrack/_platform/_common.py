@@ -1,0 +1,34 @@
+"""Types shared by every platform module. No platform checks here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+SessionTag = str
+Signal = Literal["term", "kill"]
+# What a signal attempt did: delivered, the process was already gone (or its pid now
+# belongs to someone else), or the OS said no.
+SendResult = Literal["sent", "gone", "denied"]
+
+TAG_SESSION = "IPYPROCTRACK_SESSION"
+TAG_PROCESS = "IPYPROCTRACK_PROCESS"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcRecord:
+    """One process as a scan saw it. (pid, create_time) is its identity."""
+
+    pid: int
+    ppid: int
+    create_time: float
+    pgid: int
+    sid: int
+    zombie: bool
+    session_tag: str | None = None
+    process_tag: str | None = None
+
+
+def same_time(a: float, b: float) -> bool:
+    """Create times come from one formula everywhere; allow for float noise only."""
+    return abs(a - b) < 0.005
