@@ -127,7 +127,6 @@ class OutputSink:
         self._lock = threading.Lock()
         self._tail: deque[tuple[str, bytes]] = deque()
         self._tail_size = 0
-        self._tail_newlines = 0
         self._subscribers: list[_Subscriber] = []
         self._closed = False
 
@@ -137,8 +136,7 @@ class OutputSink:
         with self._lock:
             self._tail.append((stream, data))
             self._tail_size += len(data)
-            self._tail_newlines += data.count(b"\n")
-            self._trim()
+            self._trim_bytes()
             self.bytes_received += len(data)
             self.version += 1
             subs = list(self._subscribers)
@@ -147,30 +145,33 @@ class OutputSink:
             for sub in subs:
                 self._offer(sub, chunk)
 
-    def _trim(self) -> None:
-        # Whole chunks only: cheap, and bounded by tail_bytes plus one read.
+    def _trim_bytes(self) -> None:
+        # Whole reads only: cheap enough for the hot path (no line counting here).
         tail = self._tail
-        while len(tail) > 1 and (
-            self._tail_size - len(tail[0][1]) >= self.tail_bytes
-            or self._tail_newlines - tail[0][1].count(b"\n") > self.tail_lines
-        ):
-            _, old = tail.popleft()
-            self._tail_size -= len(old)
-            self._tail_newlines -= old.count(b"\n")
-        excess = self._tail_newlines - self.tail_lines
-        if excess > 0:  # one read holding many lines: cut it at a line boundary
-            stream, first = tail[0]
-            cut = -1
-            for _ in range(excess):
-                cut = first.index(b"\n", cut + 1)
-            tail[0] = (stream, first[cut + 1 :])
-            self._tail_size -= cut + 1
-            self._tail_newlines -= excess
+        while len(tail) > 1 and self._tail_size - len(tail[0][1]) >= self.tail_bytes:
+            self._tail_size -= len(tail.popleft()[1])
         if len(tail) == 1 and self._tail_size > 2 * self.tail_bytes:
             stream, only = tail[0]  # one huge read, such as a 10 MB line
             tail[0] = (stream, only[-self.tail_bytes :])
             self._tail_size = self.tail_bytes
-            self._tail_newlines = tail[0][1].count(b"\n")
+
+    def _trim_lines(self) -> None:
+        """Keep at most tail_lines lines. Run on the reading side (a few times a second),
+        so a flood pays for bytes only; memory is bounded by tail_bytes at all times."""
+        tail = self._tail
+        seen = 0
+        for i in range(len(tail) - 1, -1, -1):
+            stream, data = tail[i]
+            seen += data.count(b"\n")
+            if seen > self.tail_lines:
+                cut = -1
+                for _ in range(seen - self.tail_lines):
+                    cut = data.index(b"\n", cut + 1)
+                tail[i] = (stream, data[cut + 1 :])
+                for _ in range(i):
+                    tail.popleft()
+                self._tail_size = sum(len(d) for _, d in tail)
+                return
 
     def _offer(self, sub: _Subscriber, chunk: OutputChunk) -> None:
         with self._lock:
@@ -230,6 +231,7 @@ class OutputSink:
     def tail_chunks(self, lines: int = 50, *, stream: str | None = None) -> list[tuple[str, str]]:
         """The last ``lines`` lines as (stream, text) runs, oldest first."""
         with self._lock:
+            self._trim_lines()
             raw = [(s, d) for s, d in self._tail if stream is None or s == stream]
         # Merge neighbouring reads of one stream, so a character split across reads decodes.
         runs: list[tuple[str, bytearray]] = []

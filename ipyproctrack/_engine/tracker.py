@@ -45,16 +45,21 @@ if TYPE_CHECKING:
 else:
     ReadySpec = Any
 
-_READ_SIZE = 1 << 18
+_READ_SIZE = 1 << 18  # larger single writes to the log get slower on some disks
+_FLOOD = 1 << 16
+_FLOOD_PAUSE = 0.002
 # Words a shell runs itself: a script that starts with one of these needs no executable.
 _SHELL_WORDS = frozenset(
-    (
-        "! . : [ [[ { ( alias bg break builtin caller case cd command compgen complete "
-        "continue declare dirs disown echo enable eval exec exit export false fc fg for "
-        "function getopts hash help history if jobs kill let local logout mapfile popd printf "
-        "pushd pwd read readarray readonly return select set shift shopt source suspend test "
-        "time times trap true type typeset ulimit umask unalias unset until wait while coproc "
-    ).split()
+    {
+        "!", ".", ":", "[", "[[", "{", "(", "alias", "bg", "break", "builtin", "caller", "case",
+        "cd", "command", "compgen", "complete", "continue", "declare", "dirs", "disown", "echo",
+        "enable", "eval", "exec", "exit", "export", "false", "fc", "fg", "for", "function",
+        "getopts", "hash", "help", "history", "if", "jobs", "kill", "let", "local", "logout",
+        "mapfile", "popd", "printf", "pushd", "pwd", "read", "readarray", "readonly", "return",
+        "select", "set", "shift", "shopt", "source", "suspend", "test", "time", "times", "trap",
+        "true", "type", "typeset", "ulimit", "umask", "unalias", "unset", "until", "wait", "while",
+        "coproc"
+    }
 )
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -528,7 +533,12 @@ async def _drain(sink: OutputSink, fd: int, stream: str) -> None:
             if not data:
                 return
             sink.feed(stream, data)
-            await anyio.lowlevel.checkpoint()
+            if _FLOOD <= len(data) < _READ_SIZE:
+                # A flood: let the pipe fill for a moment, then take it in large reads.
+                # Waking the loop per small read would cost more than the copy itself.
+                await anyio.sleep(_FLOOD_PAUSE)
+            else:
+                await anyio.lowlevel.checkpoint()
     except OSError as exc:
         sink.feed(STDERR, f"\n[ipyproctrack: reading {stream} failed: {exc}]\n".encode())
     finally:

@@ -1,0 +1,129 @@
+"""What the POSIX keeper costs per launch: time and memory, side by side in one run.
+
+    .venv/bin/python benchmarks/keeper_cost.py [-n 30]
+
+Launches ``sleep 5`` N times directly (``Popen(start_new_session=True)``, timed until Popen
+returns, i.e. until the exec succeeded) and N times through ``spawn_kept`` (timed until the
+keeper's "started" event), alternating the two so that both see the same machine load.
+Prints the medians, the time the keeper adds, and the keeper's resident memory
+(VmRSS from /proc, Linux). Goals (issue 4): at most 50 ms added, at most 15 MB RSS.
+Every process started here is killed by pid before the next launch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from ipyproctrack._platform.keeper_client import make_lifeline, spawn_kept
+
+SLEEP = shutil.which("sleep") or "/bin/sleep"
+
+
+def vm_kib(pid: int, field: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def direct_launch(env: dict[str, str], null: int) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [SLEEP, "5"],
+        stdin=subprocess.DEVNULL,
+        stdout=null,
+        stderr=null,
+        env=env,
+        start_new_session=True,
+    )
+    took = time.perf_counter() - t0
+    proc.kill()
+    proc.wait()
+    return took
+
+
+def kept_launch(
+    env: dict[str, str], null: int, lifeline: int, tag: str, session: str
+) -> tuple[float, int | None, int | None]:
+    t0 = time.perf_counter()
+    kp = spawn_kept(
+        [SLEEP, "5"],
+        cwd=os.getcwd(),
+        env=env,
+        stdout=null,
+        stderr=null,
+        lifeline_fd=lifeline,
+        grace=1.0,
+        subreaper=True,
+        tag=tag,
+        session=session,
+    )
+    took = time.perf_counter() - t0
+    time.sleep(0.05)  # let the keeper settle into its loop before reading its memory
+    rss, anon = vm_kib(kp.keeper.pid, "VmRSS"), vm_kib(kp.keeper.pid, "RssAnon")
+    os.kill(kp.pid, signal.SIGKILL)  # the command; the keeper then exits by itself
+    kp.keeper.wait(timeout=10)
+    os.close(kp.status_fd)
+    return took, rss, anon
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=30, help="launches of each kind (default 30)")
+    n = parser.parse_args().n
+    session = f"bench-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ, IPYPROCTRACK_SESSION=session)
+    lifeline_r, lifeline_w = make_lifeline()
+    null = os.open(os.devnull, os.O_RDWR)
+    direct: list[float] = []
+    kept: list[float] = []
+    rss: list[int] = []
+    anon: list[int] = []
+    try:
+        for i in range(n + 1):  # round 0 warms the caches and is not counted
+            tag = f"{session}-{i}"
+            tagged = dict(env, IPYPROCTRACK_PROCESS=tag)
+            d = direct_launch(tagged, null)
+            k, r, a = kept_launch(tagged, null, lifeline_r, tag, session)
+            if i == 0:
+                continue
+            direct.append(d)
+            kept.append(k)
+            if r is not None:
+                rss.append(r)
+            if a is not None:
+                anon.append(a)
+    finally:
+        os.close(null)
+        os.close(lifeline_w)
+        os.close(lifeline_r)
+    md, mk = statistics.median(direct) * 1000, statistics.median(kept) * 1000
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {n} launches of each kind")
+    print(f"direct Popen(start_new_session=True):  median {md:6.1f} ms")
+    print(f"spawn_kept (until 'started'):          median {mk:6.1f} ms")
+    print(f"added by the keeper:                   median {mk - md:6.1f} ms   (goal <= 50 ms)")
+    if rss:
+        print(
+            f"keeper VmRSS:  median {statistics.median(rss) / 1024:5.1f} MB, "
+            f"max {max(rss) / 1024:5.1f} MB   (goal <= 15 MB)"
+        )
+    if anon:
+        print(f"keeper RssAnon (private): median {statistics.median(anon) / 1024:5.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Tag scan time with 1000 tagged processes alive.
+
+Usage::
+
+    .venv/bin/python benchmarks/scan.py [--count 1000] [--repeat 20]
+
+Starts COUNT processes (a bash root and COUNT-1 ``sleep 1000``) whose environment carries
+``IPYPROCTRACK_SESSION`` / ``IPYPROCTRACK_PROCESS`` with fresh values, then times, side by
+side, over REPEAT runs each:
+
+- ``ipyproctrack._platform.scan_tags()``: the engine's tag scan (pid -> tag values);
+- ``ipyproctrack._platform.scan_processes(with_tags=True)``: every process, with its
+  parent, group, create time and tags;
+- ``psutil.process_iter(["environ"])``, filtering the environments for the same tag.
+
+Each line gives the median and the best time in ms, and how many of the COUNT tagged
+processes the scan found (every one of them should be found). Goal: the tag scan of 1000
+processes in at most 30 ms. The processes are killed by pid (their own session) at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+from _bench import kill_leftovers, median, wait_file, wait_tree_size
+
+from ipyproctrack import _platform
+
+SLEEPERS = r"""
+n="$1"; ready="$2"
+for ((i = 0; i < n - 1; i++)); do
+    sleep 1000 &
+done
+echo ready >"$ready"
+wait
+"""
+
+
+def scan_tags(session: str) -> int:
+    return sum(1 for s, _ in _platform.scan_tags().values() if s == session)
+
+
+def scan_processes(session: str) -> int:
+    records = _platform.scan_processes(with_tags=True)
+    return sum(1 for r in records.values() if r.session_tag == session)
+
+
+def scan_psutil(session: str) -> int:
+    found = 0
+    for proc in psutil.process_iter(["environ"]):
+        environ = proc.info.get("environ")
+        if environ and environ.get(_platform.TAG_SESSION) == session:
+            found += 1
+    return found
+
+
+def measure(scan: Callable[[str], int], session: str, repeat: int) -> tuple[float, float, int]:
+    times: list[float] = []
+    found = 0
+    for _ in range(repeat):
+        started = time.perf_counter()
+        found = scan(session)
+        times.append(time.perf_counter() - started)
+    return median(times) * 1000, min(times) * 1000, found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--count", type=int, default=1000, help="tagged processes (1000)")
+    parser.add_argument("--repeat", type=int, default=20, help="runs of each scan (20)")
+    args = parser.parse_args(argv)
+    count: int = args.count
+    session = f"bench-scan-{uuid.uuid4().hex}"
+    env = dict(os.environ)
+    env[_platform.TAG_SESSION] = session
+    env[_platform.TAG_PROCESS] = f"bench-scan-{uuid.uuid4().hex}"
+
+    with tempfile.TemporaryDirectory(prefix="ipyproctrack-scan-") as tmp:
+        script = Path(tmp) / "sleepers.sh"
+        script.write_text(SLEEPERS)
+        ready = Path(tmp) / "ready"
+        popen = subprocess.Popen(
+            ["bash", str(script), str(count), str(ready)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        members = []
+        try:
+            wait_file(ready, 60)
+            members = wait_tree_size(popen.pid, count, 60)
+            total = len(psutil.pids())
+            print(
+                f"scan: {count} tagged processes alive, {total} processes in all, "
+                f"{args.repeat} runs each (discovery: {_platform.DISCOVERY})"
+            )
+            rows = [
+                ("_platform.scan_tags()", scan_tags),
+                ("_platform.scan_processes()", scan_processes),
+                ("psutil.process_iter(['environ'])", scan_psutil),
+            ]
+            for label, scan in rows:
+                med, best, found = measure(scan, session, args.repeat)
+                print(
+                    f"  {label:<34} median {med:7.1f} ms   best {best:7.1f} ms   "
+                    f"found {found}/{count}"
+                )
+            print("goal: the tag scan of 1000 processes in at most 30 ms")
+        finally:
+            if popen.poll() is None:
+                os.killpg(popen.pid, signal.SIGKILL)
+            kill_leftovers(members)
+            popen.wait(timeout=10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

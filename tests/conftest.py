@@ -1,0 +1,55 @@
+"""Shared test set-up: the leak check every test runs under.
+
+``_no_tagged_leftovers`` is autouse. It notes every process that carries an ipyproctrack tag
+(``IPYPROCTRACK_SESSION`` or ``IPYPROCTRACK_PROCESS`` in its environment) before the test,
+and after the test (and after the test's other fixtures have been torn down) it gives new
+tagged processes up to ``LEAK_GRACE`` seconds to go away, since helpers exit
+asynchronously. Whatever is still there is SIGKILLed by identity and the test fails (as an
+error in teardown) with the pid and command line of each leftover.
+
+Only processes of this test run count: importing this conftest marks the run with a fresh
+``IPYPROCTRACK_TEST_RUN`` value in ``os.environ`` (see ``_procs.mark_test_run``), so other
+test runs going on at the same time on this machine are never touched. A process launched
+with a whole new environment (``env -i``, or ``Popen(env=...)`` without ``os.environ``)
+loses the mark and escapes this check.
+
+A test that means to leave processes running for a later test cannot exist here: every
+test cleans up after itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from _procs import kill_by_identity, mark_test_run, tagged_processes, wait_dead
+
+mark_test_run()
+
+LEAK_GRACE = 3.0
+
+
+@pytest.fixture(autouse=True)
+def _no_tagged_leftovers() -> Iterator[None]:
+    before = {(pid, ctime) for pid, (ctime, _) in tagged_processes().items()}
+    yield
+    after = tagged_processes()
+    new = {pid: info for pid, info in after.items() if (pid, info[0]) not in before}
+    if not new:
+        return
+    still = set(wait_dead([(pid, ctime) for pid, (ctime, _) in new.items()], LEAK_GRACE))
+    leftovers = {pid: info for pid, info in new.items() if pid in still}
+    if not leftovers:
+        return
+    kill_by_identity((pid, ctime) for pid, (ctime, _) in leftovers.items())
+    unkillable = wait_dead([(pid, ctime) for pid, (ctime, _) in leftovers.items()], 2.0)
+    lines = [
+        f"  pid {pid}: {cmd or '?'}"
+        + ("  (STILL ALIVE after SIGKILL)" if pid in unkillable else "")
+        for pid, (_, cmd) in sorted(leftovers.items())
+    ]
+    pytest.fail(
+        f"test left {len(leftovers)} tagged process(es) alive {LEAK_GRACE:g} s after it "
+        "ended; they were SIGKILLed by pid:\n" + "\n".join(lines),
+        pytrace=False,
+    )

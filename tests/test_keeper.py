@@ -1,0 +1,567 @@
+"""The POSIX keeper (ipyproctrack/_keeper.py) and its client, with real processes (Linux).
+
+Each test tags what it starts with its own unique IPYPROCTRACK_SESSION value, so the
+conftest leak check sees it, and the ``started`` fixture SIGKILLs by identity whatever the
+test started (and whatever carries the test's tag) before the leak check runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from _procs import create_time, is_alive, kill_by_identity, tagged_processes, wait_dead
+from _trees import read_nasty_pids, start_nasty, wait_nasty_ready
+
+from ipyproctrack import _keeper
+from ipyproctrack._errors import LaunchError
+from ipyproctrack._platform.keeper_client import (
+    KEEPER_PATH,
+    KeptProcess,
+    keeper_argv,
+    make_lifeline,
+    read_status_events,
+    spawn_kept,
+)
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the keeper tests use /proc and the subreaper"
+)
+
+REPO = Path(__file__).resolve().parent.parent
+GRACE = 1.0
+SH = shutil.which("sh") or "/bin/sh"
+SLEEP = shutil.which("sleep") or "/bin/sleep"
+ENV = shutil.which("env") or "/usr/bin/env"
+SETSID = shutil.which("setsid") or "/usr/bin/setsid"
+
+# A small nasty tree: a SIGTERM ignorer, a plain child, and a double-forked setsid daemon
+# under `env -i` (no tag). Each member appends "ROLE PID" to the pid file ($1).
+SMALL_TREE = textwrap.dedent(
+    f"""\
+    pf="$1"
+    (trap '' TERM INT HUP; echo "ignorer $BASHPID" >>"$pf"; exec {SLEEP} 1000) &
+    ( {ENV} -i {SETSID} {SH} -c 'echo "daemon-env-i $$" >>"$1"; exec {SLEEP} 1000' sh "$pf" & )
+    {SLEEP} 1000 &
+    echo "child $!" >>"$pf"
+    echo "root $$" >>"$pf"
+    wait
+    """
+)
+SMALL_TREE_COUNT = 4
+
+
+class Started:
+    """What a test started: killed by (pid, create_time) at the end, tag sweep included."""
+
+    def __init__(self) -> None:
+        self.session = f"keeper-test-{uuid.uuid4().hex[:12]}"
+        self.idents: list[tuple[int, float]] = []
+        self.popens: list[subprocess.Popen[bytes]] = []
+        self.fds: list[int] = []
+        self._n = 0
+
+    def tag(self) -> str:
+        self._n += 1
+        return f"{self.session}-{self._n}"
+
+    def env(self, tag: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("IPYPROCTRACK_")}
+        env.update(IPYPROCTRACK_SESSION=self.session, IPYPROCTRACK_PROCESS=tag)
+        return env
+
+    def note(self, pid: int) -> tuple[int, float] | None:
+        ctime = create_time(pid)
+        if ctime is None:
+            return None
+        self.idents.append((pid, ctime))
+        return pid, ctime
+
+    def popen(self, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+        self.popens.append(proc)
+        self.note(proc.pid)
+        return proc
+
+    def kept(self, kp: KeptProcess) -> KeptProcess:
+        self.popen(kp.keeper)
+        self.note(kp.pid)
+        self.fds.append(kp.status_fd)
+        return kp
+
+    def finish(self) -> None:
+        mine = f"IPYPROCTRACK_SESSION={self.session}".encode()
+        for pid, (ctime, _) in tagged_processes().items():
+            try:
+                env = Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                continue
+            if mine in env.split(b"\0"):
+                self.idents.append((pid, ctime))
+        kill_by_identity(self.idents)
+        for proc in self.popens:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        wait_dead(self.idents, 5.0)
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+@pytest.fixture
+def started() -> Iterator[Started]:
+    s = Started()
+    try:
+        yield s
+    finally:
+        s.finish()
+
+
+@pytest.fixture
+def lifeline() -> Iterator[tuple[int, int]]:
+    r, w = make_lifeline()
+    yield r, w
+    for fd in (r, w):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def kept(
+    started: Started,
+    lifeline: tuple[int, int],
+    argv: list[str],
+    *,
+    out: int = subprocess.DEVNULL,
+    keeper_teardown: str = "engine",
+) -> KeptProcess:
+    tag = started.tag()
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        kp = spawn_kept(
+            argv,
+            cwd=str(REPO),
+            env=started.env(tag),
+            stdout=out if out != subprocess.DEVNULL else null,
+            stderr=null,
+            lifeline_fd=lifeline[0],
+            grace=GRACE,
+            subreaper=True,
+            tag=tag,
+            session=started.session,
+            keeper_teardown=keeper_teardown,
+        )
+    finally:
+        os.close(null)
+    return started.kept(kp)
+
+
+def read_events(fd: int, timeout: float, *, until: str | None = None) -> list[dict[str, object]]:
+    """Status events until EOF (the keeper exited) or until an ``until`` event arrives."""
+    buf = bytearray()
+    events: list[dict[str, object]] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"status events so far: {events}")
+        if not select.select([fd], [], [], remaining)[0]:
+            continue
+        data = os.read(fd, 4096)
+        if not data:
+            return events
+        events += read_status_events(buf, data)
+        if until is not None and any(e.get("event") == until for e in events):
+            return events
+
+
+def ppid_of(pid: int) -> int | None:
+    st = _keeper.read_stat(pid)
+    return st[1] if st is not None else None
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(what)
+        time.sleep(0.02)
+
+
+def read_pidfile(path: Path, count: int, timeout: float = 10.0) -> dict[str, int]:
+    def complete() -> bool:
+        return path.exists() and len(path.read_text().splitlines()) >= count
+
+    wait_for(complete, timeout, f"{path} did not list {count} processes")
+    return {role: int(pid) for role, pid in (ln.split() for ln in path.read_text().splitlines())}
+
+
+# --- (a) pid, parentage, exit codes -------------------------------------------------------
+
+
+def test_command_runs_under_keeper_and_exit_code_arrives(
+    started: Started, lifeline: tuple[int, int], tmp_path: Path
+) -> None:
+    out_path = tmp_path / "out"
+    out = os.open(out_path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        kp = kept(started, lifeline, [SH, "-c", "echo hello; sleep 0.5; exit 7"], out=out)
+    finally:
+        os.close(out)
+    assert kp.pid != kp.keeper.pid
+    assert ppid_of(kp.pid) == kp.keeper.pid
+    assert kp.subreaper is True
+    assert kp.start_time == _keeper.process_start_time(kp.pid) > 0
+    # the command runs in the keeper's own session/group, which is not ours
+    assert os.getpgid(kp.pid) == kp.keeper.pid == os.getsid(kp.pid)
+    events = read_events(kp.status_fd, 10)
+    assert events == [{"event": "exited", "returncode": 7}]
+    assert kp.keeper.wait(timeout=10) == 7
+    assert out_path.read_bytes() == b"hello\n"
+
+
+@pytest.mark.parametrize(("sig", "name"), [(signal.SIGTERM, "TERM"), (signal.SIGKILL, "KILL")])
+def test_signal_death_is_a_negative_returncode(
+    started: Started, lifeline: tuple[int, int], sig: int, name: str
+) -> None:
+    kp = kept(started, lifeline, [SH, "-c", f"kill -{name} $$"])
+    events = read_events(kp.status_fd, 10)
+    assert events == [{"event": "exited", "returncode": -sig}]
+    assert kp.keeper.wait(timeout=10) == 128 + sig  # the keeper exits like a shell would
+
+
+def test_command_gets_default_signal_dispositions(
+    started: Started, lifeline: tuple[int, int]
+) -> None:
+    """The keeper ignores TERM/INT/HUP; its command must not inherit that."""
+    kp = kept(started, lifeline, [SLEEP, "1000"])
+    status = Path(f"/proc/{kp.pid}/status").read_text()
+    ignored = int(next(ln for ln in status.splitlines() if ln.startswith("SigIgn:")).split()[1], 16)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        assert not ignored & (1 << (sig - 1)), f"{sig!r} is ignored in the command"
+    os.kill(kp.pid, signal.SIGTERM)
+    assert read_events(kp.status_fd, 10) == [{"event": "exited", "returncode": -signal.SIGTERM}]
+
+
+def test_keeper_ignores_group_sigterm_and_exits_after_its_command(
+    started: Started, lifeline: tuple[int, int]
+) -> None:
+    """The engine's teardown SIGTERMs the keeper's group: the command dies, the keeper
+    reaps it and exits by itself."""
+    kp = kept(started, lifeline, [SLEEP, "1000"])
+    os.killpg(kp.keeper.pid, signal.SIGTERM)
+    assert read_events(kp.status_fd, 10) == [{"event": "exited", "returncode": -signal.SIGTERM}]
+    assert kp.keeper.wait(timeout=10) == 128 + signal.SIGTERM
+
+
+# --- (b) launch errors --------------------------------------------------------------------
+
+
+def test_missing_command_is_a_launch_error(started: Started, lifeline: tuple[int, int]) -> None:
+    with pytest.raises(LaunchError, match=r"^command not found: no-such-command-xyz$"):
+        kept(started, lifeline, ["no-such-command-xyz", "arg"])
+
+
+def test_not_executable_is_a_launch_error(
+    started: Started, lifeline: tuple[int, int], tmp_path: Path
+) -> None:
+    script = tmp_path / "script.sh"
+    script.write_text("echo hi\n")
+    with pytest.raises(LaunchError, match=r"^permission denied: .*script\.sh$"):
+        kept(started, lifeline, [str(script)])
+
+
+def test_missing_cwd_and_empty_command(started: Started, lifeline: tuple[int, int]) -> None:
+    tag = started.tag()
+    common: dict[str, object] = {
+        "env": started.env(tag),
+        "stdout": 1,
+        "stderr": 2,
+        "lifeline_fd": lifeline[0],
+        "grace": GRACE,
+        "subreaper": True,
+        "tag": tag,
+        "session": started.session,
+    }
+    with pytest.raises(LaunchError, match="working directory does not exist"):
+        spawn_kept([SLEEP, "1"], cwd="/no/such/dir", **common)  # type: ignore[arg-type]
+    with pytest.raises(LaunchError, match="empty command"):
+        spawn_kept([], cwd=str(REPO), **common)  # type: ignore[arg-type]
+
+
+def test_keeper_does_not_start_when_the_kernel_is_gone(started: Started) -> None:
+    """A kernel pid that is already dead: nothing is spawned, an error is reported."""
+    dead = subprocess.Popen([SH, "-c", "exit 0"])
+    dead_start = _keeper.process_start_time(dead.pid) or 1.0
+    dead.wait()
+    r, w = os.pipe()
+    config = {
+        "argv": [SLEEP, "1000"],
+        "lifeline_fd": -1,
+        "status_fd": w,
+        "kernel_pid": dead.pid,
+        "kernel_create_time": dead_start,
+        "grace": GRACE,
+        "subreaper": True,
+        "tag": started.tag(),
+        "session": started.session,
+    }
+    keeper = started.popen(
+        subprocess.Popen(keeper_argv(config), pass_fds=(w,), start_new_session=True)
+    )
+    os.close(w)
+    started.fds.append(r)
+    assert keeper.wait(timeout=10) == 1
+    events = read_events(r, 5)
+    assert [e["event"] for e in events] == ["error"]
+    assert events[0]["message"] == "the kernel is gone"
+
+
+# --- (c) the subreaper --------------------------------------------------------------------
+
+
+def test_env_i_daemon_reparents_to_the_keeper(
+    started: Started, lifeline: tuple[int, int], tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "tree.pids"
+    kp = kept(started, lifeline, ["bash", "-c", SMALL_TREE, "tree", str(pidfile)])
+    roles = read_pidfile(pidfile, SMALL_TREE_COUNT)
+    tree = [m for m in (started.note(pid) for pid in roles.values()) if m is not None]
+    daemon = roles["daemon-env-i"]
+    assert b"IPYPROCTRACK_" not in Path(f"/proc/{daemon}/environ").read_bytes()
+    assert os.getsid(daemon) == daemon  # its own session: out of every group of ours
+    wait_for(lambda: ppid_of(daemon) == kp.keeper.pid, 5, "daemon not re-parented to keeper")
+    # With the command gone, the keeper stays for the daemon it adopted.
+    os.kill(roles["root"], signal.SIGKILL)
+    assert read_events(kp.status_fd, 10, until="exited")[-1] == {
+        "event": "exited",
+        "returncode": -signal.SIGKILL,
+    }
+    time.sleep(0.2)
+    assert kp.keeper.poll() is None
+    kill_by_identity(tree)  # the tree, not the keeper
+    assert kp.keeper.wait(timeout=10) == 128 + signal.SIGKILL
+
+
+# --- (f) the keeper leaves once its subtree is empty -------------------------------------
+
+
+def test_keeper_exits_once_command_and_orphans_are_gone(
+    started: Started, lifeline: tuple[int, int]
+) -> None:
+    out_r, out_w = os.pipe()
+    try:
+        kp = kept(
+            started, lifeline, [SH, "-c", f"echo hi; ({SLEEP} 2.5 >/dev/null &); exit 0"], out=out_w
+        )
+    finally:
+        os.close(out_w)
+    with open(out_r, "rb") as out:  # EOF once the command is done: the keeper let go of it
+        assert out.read() == b"hi\n"
+    assert read_events(kp.status_fd, 10, until="exited") == [{"event": "exited", "returncode": 0}]
+    assert kp.keeper.poll() is None  # still reaping the orphaned sleep
+    assert kp.keeper.wait(timeout=15) == 0
+    assert read_events(kp.status_fd, 5) == []  # EOF: nothing more to say
+
+
+# --- the lifeline closed on purpose, in this process -------------------------------------
+
+
+@pytest.mark.parametrize("teardown", ["engine", "fallback"])
+def test_closing_the_lifeline_tears_the_launch_down(
+    started: Started, tmp_path: Path, teardown: str
+) -> None:
+    r, w = make_lifeline()
+    started.fds.append(r)
+    pidfile = tmp_path / "tree.pids"
+    try:
+        kp = kept(
+            started,
+            (r, w),
+            ["bash", "-c", SMALL_TREE, "tree", str(pidfile)],
+            keeper_teardown=teardown,
+        )
+        members = [started.note(pid) for pid in read_pidfile(pidfile, SMALL_TREE_COUNT).values()]
+    finally:
+        os.close(w)
+    t0 = time.monotonic()
+    events = read_events(kp.status_fd, 3 + GRACE + 5)
+    assert events[0] == {"event": "teardown", "reason": "lifeline"}
+    assert {"event": "exited", "returncode": -signal.SIGTERM} in events
+    assert events[-1]["event"] == "teardown_done"
+    assert events[-1]["by"] == teardown
+    assert kp.keeper.wait(timeout=5) == 128 + signal.SIGTERM
+    idents = [m for m in members if m is not None]
+    assert wait_dead(idents, 1.0) == []
+    assert time.monotonic() - t0 < 3 + GRACE
+
+
+# --- (d), (e) a killed kernel -------------------------------------------------------------
+
+FAKE_KERNEL = textwrap.dedent(
+    """\
+    import json, multiprocessing, os, sys, time
+    from ipyproctrack._platform.keeper_client import make_lifeline, spawn_kept
+    cfg = json.loads(sys.argv[1])
+    r, w = make_lifeline()
+    mp_pid = None
+    if cfg["fork_child"]:  # holds the lifeline's write end: no EOF when we die
+        child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(600,))
+        child.start()
+        mp_pid = child.pid
+    null = os.open(os.devnull, os.O_RDWR)
+    env = dict(os.environ, **cfg["tags"])
+    kp = spawn_kept(cfg["argv"], cwd=cfg["cwd"], env=env, stdout=null, stderr=null,
+                    lifeline_fd=r, grace=cfg["grace"], subreaper=True,
+                    tag=cfg["tags"]["IPYPROCTRACK_PROCESS"],
+                    session=cfg["tags"]["IPYPROCTRACK_SESSION"],
+                    keeper_teardown=cfg["teardown"])
+    print(json.dumps({"keeper": kp.keeper.pid, "command": kp.pid, "mp": mp_pid}), flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def run_fake_kernel(
+    started: Started, argv: list[str], *, fork_child: bool, teardown: str
+) -> tuple[subprocess.Popen[bytes], dict[str, int | None]]:
+    tag = started.tag()
+    cfg = {
+        "argv": argv,
+        "cwd": str(REPO),
+        "grace": GRACE,
+        "fork_child": fork_child,
+        "teardown": teardown,
+        "tags": {"IPYPROCTRACK_SESSION": started.session, "IPYPROCTRACK_PROCESS": tag},
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPYPROCTRACK_")}
+    kernel = started.popen(
+        subprocess.Popen(
+            [sys.executable, "-c", FAKE_KERNEL, json.dumps(cfg)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+        )
+    )
+    assert kernel.stdout is not None
+    line = kernel.stdout.readline()
+    assert line, f"the fake kernel failed (exit {kernel.wait()})"
+    pids: dict[str, int | None] = json.loads(line)
+    for pid in pids.values():
+        if pid is not None:
+            started.note(pid)
+    return kernel, pids
+
+
+def kill_kernel_and_wait(
+    kernel: subprocess.Popen[bytes], members: list[tuple[int, float]]
+) -> float:
+    """SIGKILL the fake kernel; return how long until every member was gone."""
+    assert all(is_alive(pid, ct) for pid, ct in members)
+    t0 = time.monotonic()
+    kernel.kill()
+    kernel.wait()
+    left = wait_dead(members, 3 + GRACE + 5)
+    took = time.monotonic() - t0
+    assert left == [], f"still alive {took:.1f} s after the kernel SIGKILL: {left}"
+    return took
+
+
+@pytest.mark.parametrize("teardown", ["engine", "fallback"])
+def test_kernel_sigkill_leaves_nothing(started: Started, tmp_path: Path, teardown: str) -> None:
+    """The nasty tree (SIGTERM ignorer, `env -i` double-forked daemon, ...) under a fake
+    kernel that is SIGKILLed: every process, the keeper included, is gone in 3 s + grace."""
+    command, pidfile = start_nasty(tmp_path, env_i=True)
+    kernel, pids = run_fake_kernel(
+        started, ["bash", "-c", command], fork_child=False, teardown=teardown
+    )
+    wait_nasty_ready(pidfile)
+    members = [(pid, ct) for role, pid, ct in read_nasty_pids(pidfile) if role != "zombie"]
+    for pid, ct in members:
+        started.idents.append((pid, ct))
+    keeper = pids["keeper"]
+    assert keeper is not None
+    keeper_ident = started.note(keeper)
+    assert keeper_ident is not None
+    took = kill_kernel_and_wait(kernel, [*members, keeper_ident])
+    assert took < 3 + GRACE
+
+
+def test_forked_child_holding_the_lifeline_does_not_delay_cleanup(
+    started: Started, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "tree.pids"
+    kernel, pids = run_fake_kernel(
+        started,
+        ["bash", "-c", SMALL_TREE, "tree", str(pidfile)],
+        fork_child=True,
+        teardown="engine",
+    )
+    mp_pid, keeper = pids["mp"], pids["keeper"]
+    assert mp_pid is not None and keeper is not None
+    mp_ident = (mp_pid, create_time(mp_pid) or 0.0)
+    try:
+        roles = read_pidfile(pidfile, SMALL_TREE_COUNT)
+        members = [m for m in (started.note(p) for p in [*roles.values(), keeper]) if m]
+        assert len(members) == SMALL_TREE_COUNT + 1
+        took = kill_kernel_and_wait(kernel, members)
+        assert took < 3 + GRACE
+        assert is_alive(*mp_ident)  # it still held the write end all along
+    finally:
+        kill_by_identity([mp_ident])
+        wait_dead([mp_ident], 5.0)
+
+
+# --- pieces -------------------------------------------------------------------------------
+
+
+def test_read_status_events_is_incremental() -> None:
+    buf = bytearray()
+    assert read_status_events(buf, b'{"event": "sta') == []
+    assert read_status_events(buf, b'rted", "pid": 5}\nnot json\n[1]\n{"event"') == [
+        {"event": "started", "pid": 5}
+    ]
+    assert read_status_events(buf, b': "exited", "returncode": -9}\n') == [
+        {"event": "exited", "returncode": -9}
+    ]
+    assert buf == b""
+    read_status_events(buf, b"x" * 70000)
+    assert buf == b""  # a runaway line is dropped, not kept
+
+
+def test_fallback_ps_scan_finds_descendants(started: Started) -> None:
+    """The scan used where /proc is missing (macOS, BSD), run here through ps."""
+    child = started.popen(subprocess.Popen([SH, "-c", f"{SLEEP} 1000 & wait"]))
+    wait_for(
+        lambda: any(ppid_of(int(p)) == child.pid for p in os.listdir("/proc") if p.isdigit()),
+        5,
+        "no grandchild",
+    )
+    scan = _keeper._Scan(os.getpid(), "", exclude=())
+    proc_view = scan.targets()
+    saved = _keeper._HAS_PROC
+    _keeper._HAS_PROC = False
+    try:
+        ps_view = scan.targets()
+    finally:
+        _keeper._HAS_PROC = saved
+    assert child.pid in proc_view and child.pid in ps_view
+    grandchildren = {p for p in proc_view if ppid_of(p) == child.pid}
+    assert grandchildren and grandchildren <= set(ps_view)
+    assert isinstance(ps_view[child.pid], str)  # ps identities are lstart text
+
+
+def test_keeper_path_is_the_module() -> None:
+    assert KEEPER_PATH.samefile(Path(_keeper.__file__))
