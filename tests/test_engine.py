@@ -317,3 +317,31 @@ def test_cleanup_never_raises(tmp_path: Path) -> None:
         if child.poll() is None:
             kill_by_identity([(child.pid, ct)])
         child.wait(5)
+
+
+@pytest.mark.skipif(not plat.HAS_SUBREAPER, reason="needs PR_SET_CHILD_SUBREAPER (Linux)")
+def test_env_i_daemon_is_found_through_the_subreaper(tracker: Tracker, tmp_path: Path) -> None:
+    command, pidfile = start_nasty(tmp_path, env_i=True)
+    proc = tracker.start(command, name="nasty")
+    wait_nasty_ready(pidfile)
+    members = read_nasty_pids(pidfile)
+    untagged = [pid for role, pid, _ in members if "env" in role and "daemon" in role]
+    assert untagged, members
+    report = tracker.cleanup(grace=1.0)
+    alive = wait_dead([(pid, ct) for _, pid, ct in members], 2.0)
+    assert alive == [], f"still alive: {alive}\n{report}"
+    assert set(untagged) <= {o.pid for o in report.outcomes if o.found_by == "tree"}
+    keeper = proc._helpers[0]
+    assert all(o.pid != keeper.pid for o in report.outcomes)  # helpers are not user processes
+    assert wait_dead([(keeper.pid, keeper.create_time)], 2.0) == []
+
+
+def test_signal_death_and_no_helper_left(tracker: Tracker) -> None:
+    proc = tracker.start("kill -TERM $$", name="selfkill")
+    assert proc.wait(10) == -15
+    assert proc.state == "exited -15"
+    assert proc._drained.wait(10)  # the keeper exits once its subtree is empty
+    for helper in proc._helpers:
+        assert wait_dead([(helper.pid, helper.create_time)], 2.0) == []
+    assert [p.name for p in tracker.processes()] == ["selfkill"]
+    assert proc.tree() == []

@@ -204,7 +204,7 @@ def tree_of(target: Target) -> list[ProcessInfo]:
     helpers = {h.pid for h in target.helpers}
     found = discover([target], snap, exclude=_protected() | helpers)
     return [
-        ProcessInfo(pid, rec.create_time, rec.ppid, plat.command_of(pid), how)
+        ProcessInfo(pid, rec.create_time, rec.ppid, _one_line(plat.command_of(pid)), how)
         for pid, (_, rec, how) in sorted(found.items())
     ]
 
@@ -241,7 +241,7 @@ class _Teardown:
             old = self.members.get(pid)
             if old is not None and plat.same_time(old.ident.create_time, rec.create_time):
                 continue
-            m = _Member(t, ProcId(pid, rec.create_time), plat.command_of(pid), how)
+            m = _Member(t, ProcId(pid, rec.create_time), _one_line(plat.command_of(pid)), how)
             self.members[pid] = m
             new.append(m)
         return new
@@ -303,7 +303,9 @@ class _Teardown:
         for t in self.targets:
             if t.root_exited and t.root is not None and not _alive(t.root):
                 self.report.outcomes.append(
-                    ProcessOutcome(t.name, t.root.pid, t.command, FOUND_TREE, EXITED, 0.0)
+                    ProcessOutcome(
+                        t.name, t.root.pid, _one_line(t.command), FOUND_TREE, EXITED, 0.0
+                    )
                 )
         first = self.scan()
         # 1. SIGTERM to every process and group of every tree at once.
@@ -365,6 +367,10 @@ class _Teardown:
         for t, h in helpers:
             plat.send_signal(h.pid, h.create_time, "kill")
             self.report.messages.append(f"{t.name}: helper pid {h.pid} did not exit; sent SIGKILL")
+
+
+def _one_line(command: str) -> str:
+    return " ".join(command.split())
 
 
 def _short(command: str) -> str:

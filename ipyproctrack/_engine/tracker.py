@@ -66,6 +66,19 @@ _NAME_OK = re.compile(r"[^A-Za-z0-9_.-]+")
 _live_trackers: weakref.WeakSet[Tracker] = weakref.WeakSet()
 
 
+def _drop_lifelines_in_child() -> None:
+    """A forked child (multiprocessing "fork") must not hold a lifeline open: the keepers
+    would miss the kernel's death until their pidfd backup notices."""
+    for tracker in list(_live_trackers):
+        if tracker._lifeline is not None:
+            with contextlib.suppress(OSError):
+                os.close(tracker._lifeline[1])
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_lifelines_in_child)
+
+
 @atexit.register
 def _close_live_trackers() -> None:
     """Plain Python scripts get the same promise as notebooks: nothing outlives us."""
@@ -83,6 +96,7 @@ class TrackedProcess:
         name: str,
         command: str,
         popen: subprocess.Popen[bytes],
+        pid: int,
         create_time: float,
         tag: str,
         cwd: Path,
@@ -91,7 +105,7 @@ class TrackedProcess:
         self.tracker = tracker
         self.name = name
         self.command = command
-        self.pid = popen.pid
+        self.pid = pid
         self.tag = tag
         self.cwd = cwd
         self.log_path = sink.log.path
@@ -107,6 +121,9 @@ class TrackedProcess:
         self._drained = threading.Event()
         self._exit_callbacks: list[Callable[[TrackedProcess], None]] = []
         self._checks: list[ReadinessCheck] = []
+        self._fds: tuple[int, int] = (-1, -1)
+        self._helpers: tuple[ProcId, ...] = ()  # our keeper: never signalled or reported
+        self._status_fd: int | None = None  # the keeper's status pipe (POSIX)
 
     def __repr__(self) -> str:
         return f"<TrackedProcess {self.name!r} pid={self.pid} {self.state}>"
@@ -192,7 +209,10 @@ class TrackedProcess:
             name=self.name,
             root=ProcId(self.pid, self.create_time),
             tag=self.tag,
-            group=self.pid if plat.HAS_GROUPS else None,
+            # A kept tree is found through its keeper (the subreaper); the keeper leads the
+            # group, and a group SIGKILL would kill it before its orphans are swept.
+            group=self.pid if plat.HAS_GROUPS and not self._helpers else None,
+            helpers=self._helpers,
             reap=self._reap,
             root_exited=self.returncode is not None and not self.stopped,
             command=self.command,
@@ -246,6 +266,7 @@ class Tracker(AbstractContextManager["Tracker"]):
         self._name_counts: dict[str, int] = {}
         self._portal_cm: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = None
         self._portal: anyio.from_thread.BlockingPortal | None = None
+        self._lifeline: tuple[int, int] | None = None
         _live_trackers.add(self)
 
     def __repr__(self) -> str:
@@ -370,35 +391,75 @@ class Tracker(AbstractContextManager["Tracker"]):
         )
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        kept = None
         try:
-            popen = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
-                cwd=cwd,
-                env=env,
-                close_fds=True,
-                **plat.popen_kwargs(),
-            )
-        except OSError as exc:
+            if plat.USE_KEEPER:
+                # The keeper is the command's parent: a subreaper (Linux) and a watchdog
+                # that tears the tree down if this process dies without running any Python.
+                kept = plat.spawn_kept(
+                    argv, cwd=str(cwd), env=env, stdout=out_w, stderr=err_w,
+                    lifeline_fd=self._lifeline_read(), grace=min(self.grace, 1.5),
+                    subreaper=plat.HAS_SUBREAPER, tag=tag, session=self.session_tag,
+                )
+                popen = kept.keeper
+            else:
+                popen = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out_w,
+                    stderr=err_w,
+                    cwd=cwd,
+                    env=env,
+                    close_fds=True,
+                    **plat.popen_kwargs(),
+                )
+        except (OSError, LaunchError) as exc:
             for fd in (out_r, err_r):
                 os.close(fd)
             sink.close()
+            if isinstance(exc, LaunchError):
+                raise
             raise LaunchError(_launch_failure(argv[0], exc)) from None
         finally:
             os.close(out_w)
             os.close(err_w)
-        rec = plat.get_record(popen.pid)  # not reaped yet, so the pid cannot be reused
+        helpers: tuple[ProcId, ...] = ()
+        if kept is not None:
+            pid = kept.pid
+            rec = plat.get_record(pid)
+            ctime = rec.create_time if rec else plat.time_from_boot(kept.start_time)
+            keeper_rec = plat.get_record(popen.pid)
+            helpers = (ProcId(popen.pid, keeper_rec.create_time if keeper_rec else 0.0),)
+        else:
+            pid = popen.pid
+            rec = plat.get_record(pid)  # not reaped yet, so the pid cannot be reused
+            ctime = rec.create_time if rec else time.time()
         proc = TrackedProcess(
-            self, name=name, command=display, popen=popen,
-            create_time=rec.create_time if rec else time.time(), tag=tag, cwd=cwd, sink=sink,
+            self, name=name, command=display, popen=popen, pid=pid,
+            create_time=ctime, tag=tag, cwd=cwd, sink=sink,
         )
-        proc._fds = (out_r, err_r)  # type: ignore[attr-defined]
+        proc._helpers = helpers
+        proc._status_fd = kept.status_fd if kept is not None else None
+        proc._fds = (out_r, err_r)
         with self._lock:
             self._procs.pop(name, None)
             self._procs[name] = proc
         return proc
+
+    def _lifeline_read(self) -> int:
+        """The read end every keeper watches; only this process holds the write end."""
+        with self._lock:
+            if self._lifeline is None:
+                self._lifeline = plat.make_lifeline()
+            return self._lifeline[0]
+
+    def _close_lifeline(self) -> None:
+        with self._lock:
+            lifeline, self._lifeline = self._lifeline, None
+        if lifeline is not None:
+            for fd in lifeline:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     # --- the background loop ----------------------------------------------------------------
     def _get_portal(self) -> anyio.from_thread.BlockingPortal:
@@ -413,7 +474,7 @@ class Tracker(AbstractContextManager["Tracker"]):
         self._get_portal().start_task_soon(self._supervise, proc)
 
     async def _supervise(self, proc: TrackedProcess) -> None:
-        out_fd, err_fd = proc._fds  # type: ignore[attr-defined]
+        out_fd, err_fd = proc._fds
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_drain, proc._sink, out_fd, STDOUT)
@@ -498,6 +559,7 @@ class Tracker(AbstractContextManager["Tracker"]):
                 cm.__exit__(None, None, None)
             except Exception as exc:  # closing must not raise; say what went wrong
                 report.messages.append(f"stopping the drain loop failed: {exc}")
+        self._close_lifeline()
         _live_trackers.discard(self)
         return report
 
@@ -555,17 +617,48 @@ async def _drain_threaded(sink: OutputSink, fd: int, stream: str) -> None:
 
 async def _watch_exit(proc: TrackedProcess) -> None:
     popen = proc._popen
-    waiter = plat.open_exit_waiter(popen.pid)
-    if waiter is not None:
-        try:
-            await anyio.wait_readable(waiter)
-        finally:
-            os.close(waiter)
+    if proc._status_fd is not None:
+        await _follow_keeper(proc, proc._status_fd)
+    else:
+        waiter = plat.open_exit_waiter(popen.pid)
+        if waiter is not None:
+            try:
+                await anyio.wait_readable(waiter)
+            finally:
+                os.close(waiter)
     delay = 0.005
     while (rc := popen.poll()) is None:
         await anyio.sleep(delay)
         delay = min(delay * 2, 0.2)
-    proc._set_exited(rc)
+    if proc.returncode is None:
+        # Without a keeper this is the command's code; with one, the keeper died before it
+        # could report (it mirrors signal deaths as 128+n).
+        if proc._status_fd is not None and rc > 128:
+            rc = 128 - rc
+        proc._set_exited(rc)
+
+
+async def _follow_keeper(proc: TrackedProcess, fd: int) -> None:
+    """Read the keeper's status events until it exits (EOF)."""
+    buf = bytearray()
+    try:
+        while True:
+            try:
+                data = os.read(fd, 4096)
+            except BlockingIOError:
+                await anyio.wait_readable(fd)
+                continue
+            if not data:
+                return
+            for event in plat.read_status_events(buf, data):
+                if event.get("event") == "exited" and isinstance(event.get("returncode"), int):
+                    rc = event["returncode"]
+                    assert isinstance(rc, int)
+                    proc._set_exited(rc)
+    except OSError:
+        return
+    finally:
+        os.close(fd)
 
 
 # --- argument checks -------------------------------------------------------------------------

@@ -13,6 +13,9 @@ IS_POSIX = not IS_WINDOWS
 HAS_GROUPS = IS_POSIX
 # Only Linux can make orphans re-parent to one of our processes (PR_SET_CHILD_SUBREAPER).
 HAS_SUBREAPER = IS_LINUX
+# POSIX launches go through a keeper process of ours (ipyproctrack/_keeper.py): the
+# command's parent, a subreaper on Linux, and a watchdog on the kernel's lifeline.
+USE_KEEPER = IS_POSIX
 # Pipes can be watched by the event loop (add_reader); Windows needs reader threads.
 ASYNC_PIPES = IS_POSIX
 
@@ -40,6 +43,7 @@ elif IS_LINUX:
         scan_processes,
         scan_tags,
         send_signal,
+        time_from_boot,
     )
     from .posix import popen_kwargs, shell_argv, signal_group
 else:
@@ -57,6 +61,18 @@ else:
         signal_group,
     )
 
+if IS_POSIX:
+    from .keeper_client import make_lifeline, read_status_events, spawn_kept
+
+if not IS_LINUX:
+
+    def time_from_boot(seconds: float) -> float:
+        """Only Linux reports start times relative to boot; elsewhere: now."""
+        import time
+
+        return time.time()
+
+
 __all__ = [
     "ASYNC_PIPES",
     "DISCOVERY",
@@ -67,18 +83,23 @@ __all__ = [
     "IS_WINDOWS",
     "TAG_PROCESS",
     "TAG_SESSION",
+    "USE_KEEPER",
     "ProcRecord",
     "SendResult",
     "Signal",
     "command_of",
     "enlarge_pipe",
     "get_record",
+    "make_lifeline",
     "open_exit_waiter",
     "popen_kwargs",
+    "read_status_events",
     "same_time",
     "scan_processes",
     "scan_tags",
     "send_signal",
     "shell_argv",
     "signal_group",
+    "spawn_kept",
+    "time_from_boot",
 ]

@@ -28,6 +28,11 @@ def _boot_time() -> float:
 _BOOT_TIME = _boot_time()
 
 
+def time_from_boot(seconds: float) -> float:
+    """A start time in seconds since boot, as the epoch time every scan uses."""
+    return _BOOT_TIME + seconds
+
+
 def _read(path: str, size: int = 1 << 16) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
