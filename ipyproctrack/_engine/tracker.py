@@ -267,6 +267,7 @@ class Tracker(AbstractContextManager["Tracker"]):
         self._portal_cm: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = None
         self._portal: anyio.from_thread.BlockingPortal | None = None
         self._lifeline: tuple[int, int] | None = None
+        self._containers: dict[int, plat.Containment | None] = {}
         _live_trackers.add(self)
 
     def __repr__(self) -> str:
@@ -432,6 +433,7 @@ class Tracker(AbstractContextManager["Tracker"]):
             helpers = (ProcId(popen.pid, keeper_rec.create_time if keeper_rec else 0.0),)
         else:
             pid = popen.pid
+            self._containers[pid] = plat.contain(pid)  # Windows: a kill-on-close Job Object
             rec = plat.get_record(pid)  # not reaped yet, so the pid cannot be reused
             ctime = rec.create_time if rec else time.time()
         proc = TrackedProcess(
@@ -534,6 +536,10 @@ class Tracker(AbstractContextManager["Tracker"]):
         grace = self.grace if grace is None else grace
         was_running = [p for p in procs if p.is_running()]
         report = run_teardown([p._target() for p in procs], grace=grace)
+        for p in procs:  # Windows ends the stop sequence with TerminateJobObject
+            job = self._containers.get(p.pid)
+            if job is not None:
+                job.terminate()
         for p in was_running:
             p.stopped = True
         for p in procs:  # let the drain take in the last output before we report

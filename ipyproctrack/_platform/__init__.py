@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from ._common import TAG_PROCESS, TAG_SESSION, ProcRecord, SendResult, Signal, same_time
+from ._common import (
+    TAG_PROCESS,
+    TAG_SESSION,
+    Containment,
+    ProcRecord,
+    SendResult,
+    Signal,
+    same_time,
+)
 
 IS_LINUX = sys.platform.startswith("linux")
 IS_WINDOWS = sys.platform == "win32"
@@ -23,6 +31,7 @@ if IS_WINDOWS:
     from .windows import (
         DISCOVERY,
         command_of,
+        contain,
         enlarge_pipe,
         get_record,
         open_exit_waiter,
@@ -50,6 +59,7 @@ else:
     from .posix import (
         DISCOVERY,
         command_of,
+        contain,
         enlarge_pipe,
         get_record,
         open_exit_waiter,
@@ -84,10 +94,12 @@ __all__ = [
     "TAG_PROCESS",
     "TAG_SESSION",
     "USE_KEEPER",
+    "Containment",
     "ProcRecord",
     "SendResult",
     "Signal",
     "command_of",
+    "contain",
     "enlarge_pipe",
     "get_record",
     "make_lifeline",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 SessionTag = str
 Signal = Literal["term", "kill"]
@@ -32,3 +32,11 @@ class ProcRecord:
 def same_time(a: float, b: float) -> bool:
     """Create times come from one formula everywhere; allow for float noise only."""
     return abs(a - b) < 0.005
+
+
+class Containment(Protocol):
+    """What holds a tracked tree beyond its process group (a Windows Job Object)."""
+
+    def terminate(self) -> None: ...
+
+    def close(self) -> None: ...

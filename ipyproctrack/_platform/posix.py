@@ -7,7 +7,15 @@ import shutil
 import signal
 from typing import Any
 
-from ._common import TAG_PROCESS, TAG_SESSION, ProcRecord, SendResult, Signal, same_time
+from ._common import (
+    TAG_PROCESS,
+    TAG_SESSION,
+    Containment,
+    ProcRecord,
+    SendResult,
+    Signal,
+    same_time,
+)
 
 try:
     import psutil
@@ -131,4 +139,9 @@ def enlarge_pipe(fd: int) -> None:
 
 
 def open_exit_waiter(pid: int) -> int | None:
+    return None
+
+
+def contain(pid: int) -> Containment | None:
+    """POSIX contains trees with the keeper (keeper_client), not with a handle."""
     return None

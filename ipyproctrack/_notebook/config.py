@@ -1,0 +1,82 @@
+"""The extension's defaults, as a traitlets ``Configurable``.
+
+Set them with ``%config ProcTrackConfig.grace = 1.0`` in a notebook, or with
+``c.ProcTrackConfig.grace = 1.0`` in ``ipython_config.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from traitlets import Float, Int, TraitError, Unicode, validate
+from traitlets.config import Configurable
+
+__all__ = ["MAX_REFRESH_HZ", "ProcTrackConfig"]
+
+#: The widgets never refresh faster than this, whatever the configuration says.
+MAX_REFRESH_HZ = 5.0
+
+
+class ProcTrackConfig(Configurable):
+    """Defaults of the ipyproctrack notebook extension."""
+
+    grace = Float(
+        3.0,
+        help="Seconds a tracked tree gets between SIGTERM and SIGKILL in %%proctrack_cleanup, "
+        "the Stop button and a re-run of a %%tracked cell. Kernel shutdown uses at most 1 s.",
+    ).tag(config=True)
+
+    tail_lines = Int(40, help="Lines of output shown in each process widget.").tag(config=True)
+
+    refresh_hz = Float(
+        4.0, help=f"How often the widgets refresh, per second (at most {MAX_REFRESH_HZ:g})."
+    ).tag(config=True)
+
+    log_dir = Unicode(
+        "",
+        help="Directory for the full output logs; empty means the engine's default "
+        "(a fresh temporary directory per session). Used when the Tracker is created.",
+    ).tag(config=True)
+
+    log_max_bytes = Int(
+        50 * 2**20, help="Rotate a log file at this size; 0 means never rotate."
+    ).tag(config=True)
+
+    log_backups = Int(10, help="Rotated log files kept per process; -1 keeps them all.").tag(
+        config=True
+    )
+
+    @validate("grace")
+    def _check_grace(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if value < 0:
+            raise TraitError(f"grace must be >= 0, not {value}")
+        return value
+
+    @validate("tail_lines")
+    def _check_tail_lines(self, proposal: Any) -> int:
+        value = int(proposal["value"])
+        if value < 1:
+            raise TraitError(f"tail_lines must be >= 1, not {value}")
+        return value
+
+    @validate("refresh_hz")
+    def _check_refresh_hz(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if value <= 0:
+            raise TraitError(f"refresh_hz must be > 0, not {value}")
+        return min(value, MAX_REFRESH_HZ)
+
+    @validate("log_max_bytes")
+    def _check_log_max_bytes(self, proposal: Any) -> int:
+        value = int(proposal["value"])
+        if value < 0:
+            raise TraitError(f"log_max_bytes must be >= 0, not {value}")
+        return value
+
+    @validate("log_backups")
+    def _check_log_backups(self, proposal: Any) -> int:
+        value = int(proposal["value"])
+        if value < -1:
+            raise TraitError(f"log_backups must be >= -1, not {value}")
+        return value

@@ -1,0 +1,311 @@
+"""The extension's session (config, Tracker, widgets) and its teardown on every kernel ending.
+
+design.md fact 3: IPython 9 has no shutdown hook. The measured triggers are
+- ``shutdown_kernel()`` / ``restart_kernel()``: ipykernel runs ``kernel.do_shutdown`` on its
+  Control thread; we wrap it (keeping its signature, sync or async);
+- a bare SIGTERM: nothing runs unless we install a handler, so we install one that tears
+  down, restores the previous handler and re-raises the signal;
+- ``atexit`` as the last resort (it runs only if the exit finishes in time).
+SIGKILL / OOM / the server dying are the engine's watchdog's job, not ours.
+
+Every one of these paths finishes within about 2 s (jupyter_client sends SIGTERM at 2.5 s),
+uses a grace of at most :data:`KERNEL_END_GRACE` and never raises.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import functools
+import inspect
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from .config import ProcTrackConfig
+from .render import TreeSampler
+from .widgets import LaunchSpec, ProcessWidget, Refresher, has_widget_frontend
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from ipyproctrack import CleanupReport, TrackedProcess, Tracker
+
+__all__ = ["KERNEL_END_GRACE", "KernelEndHooks", "NotebookSession", "run_bounded"]
+
+#: Grace used when the kernel ends (shutdown, restart, SIGTERM, exit): at most this.
+KERNEL_END_GRACE = 0.8
+#: A kernel-ending teardown gives up waiting after this many seconds.
+KERNEL_END_BUDGET = 2.0
+
+_SignalHandler = Callable[[int, FrameType | None], Any] | int | None
+
+
+def run_bounded(fn: Callable[[], object], timeout: float) -> bool:
+    """Run ``fn`` on a helper thread and wait at most ``timeout``; True if it finished.
+
+    A thread keeps a signal handler or the Control thread from hanging on a lock the
+    interrupted code holds. If no thread can be started (interpreter shutdown), run inline.
+    """
+    done = threading.Event()
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException:
+            pass
+        finally:
+            done.set()
+
+    try:
+        thread = threading.Thread(target=target, name="ipyproctrack-teardown", daemon=True)
+        thread.start()
+    except RuntimeError:
+        target()
+        return True
+    return done.wait(timeout)
+
+
+class KernelEndHooks:
+    """Installs (and removes) the teardown triggers of design.md fact 3."""
+
+    def __init__(self, teardown: Callable[[], None]) -> None:
+        self._teardown = teardown
+        self._active = False
+        self._kernel: Any = None
+        self._wrapper: Callable[..., Any] | None = None
+        self._original: Callable[..., Any] | None = None
+        self._had_instance_attr = False
+        self._previous_sigterm: _SignalHandler = None
+        self._sigterm_installed = False
+        self.fired: list[str] = []  # which triggers ran, for tests and debugging
+
+    # ------------------------------------------------------------------ install / remove
+
+    def install(self, shell: InteractiveShell) -> None:
+        self._active = True
+        self._wrap_do_shutdown(getattr(shell, "kernel", None))
+        self._install_sigterm()
+        atexit.register(self._on_atexit)
+
+    def uninstall(self) -> None:
+        self._active = False
+        atexit.unregister(self._on_atexit)
+        kernel, wrapper = self._kernel, self._wrapper
+        # if someone wrapped it after us, our wrapper stays but is inert (_active)
+        if (
+            kernel is not None
+            and wrapper is not None
+            and kernel.__dict__.get("do_shutdown") is wrapper
+        ):
+            if self._had_instance_attr:
+                kernel.do_shutdown = self._original
+            else:
+                del kernel.do_shutdown
+        self._kernel = self._wrapper = None
+        if self._sigterm_installed and threading.current_thread() is threading.main_thread():
+            try:
+                if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+                    signal.signal(signal.SIGTERM, self._restorable(self._previous_sigterm))
+            except (ValueError, OSError):
+                pass
+            self._sigterm_installed = False
+
+    # ------------------------------------------------------------------ triggers
+
+    def _run(self, trigger: str) -> None:
+        if not self._active:
+            return
+        self._active = False
+        self.fired.append(trigger)
+        run_bounded(self._teardown, KERNEL_END_BUDGET)
+
+    def _wrap_do_shutdown(self, kernel: Any) -> None:
+        original = getattr(kernel, "do_shutdown", None) if kernel is not None else None
+        if original is None:
+            return
+        hooks = self
+
+        if inspect.iscoroutinefunction(original):
+
+            @functools.wraps(original)
+            async def do_shutdown(restart: bool) -> Any:
+                hooks._run("do_shutdown")
+                return await original(restart)
+
+            wrapper: Callable[..., Any] = do_shutdown
+        else:
+
+            @functools.wraps(original)
+            def do_shutdown_sync(restart: bool) -> Any:
+                hooks._run("do_shutdown")
+                return original(restart)
+
+            wrapper = do_shutdown_sync
+        self._had_instance_attr = "do_shutdown" in kernel.__dict__
+        kernel.do_shutdown = wrapper
+        self._kernel, self._wrapper, self._original = kernel, wrapper, original
+
+    def _install_sigterm(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        try:
+            self._previous_sigterm = signal.getsignal(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+        except (ValueError, OSError):
+            return
+        self._sigterm_installed = True
+
+    @staticmethod
+    def _restorable(handler: _SignalHandler) -> Any:
+        return signal.SIG_DFL if handler is None else handler
+
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        try:
+            self._run("SIGTERM")
+        finally:
+            previous = self._restorable(self._previous_sigterm)
+            self._sigterm_installed = False
+            try:
+                signal.signal(signal.SIGTERM, previous)
+            except (ValueError, OSError):
+                previous = signal.SIG_DFL
+            if callable(previous):
+                previous(signum, frame)
+            elif previous == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGTERM)  # dies here, by SIGTERM as asked
+
+    def _on_atexit(self) -> None:
+        self._run("atexit")
+
+
+class NotebookSession:
+    """Everything ``%load_ext ipyproctrack`` sets up for one shell."""
+
+    def __init__(self, shell: InteractiveShell, config: ProcTrackConfig) -> None:
+        self.shell = shell
+        self._config = config
+        self._lock = threading.RLock()
+        self._tracker: Tracker | None = None
+        self._sampler = TreeSampler()
+        self.widgets_enabled = has_widget_frontend(shell)  # decided once, here
+        self.refresher = Refresher(lambda: float(self._config.refresh_hz))
+        self.specs: dict[str, LaunchSpec] = {}
+        self._name_counts: dict[str, int] = {}
+        self.hooks = KernelEndHooks(self.kernel_end_teardown)
+        self.closed = False
+
+    @property
+    def config(self) -> ProcTrackConfig:
+        return self._config
+
+    @property
+    def sampler(self) -> TreeSampler:
+        return self._sampler
+
+    # ------------------------------------------------------------------ the tracker
+
+    @property
+    def has_tracker(self) -> bool:
+        return self._tracker is not None
+
+    @property
+    def tracker(self) -> Tracker:
+        """The session's Tracker, created on first use with the configured defaults."""
+        with self._lock:
+            if self.closed:
+                from ipyproctrack import TrackerClosedError
+
+                raise TrackerClosedError("the ipyproctrack extension was unloaded")
+            if self._tracker is None:
+                from ipyproctrack import Tracker
+
+                cfg = self._config
+                self._tracker = Tracker(
+                    log_dir=cfg.log_dir or None,
+                    grace=cfg.grace,
+                    log_max_bytes=cfg.log_max_bytes,
+                    log_backups=cfg.log_backups,
+                )
+            return self._tracker
+
+    def grace(self, override: float | None = None) -> float:
+        return float(self._config.grace if override is None else override)
+
+    # ------------------------------------------------------------------ names
+
+    def new_name(self, base: str) -> str:
+        """``python-1``, ``python-2``…: the next free generated name for ``base``."""
+        with self._lock:
+            while True:
+                n = self._name_counts.get(base, 0) + 1
+                self._name_counts[base] = n
+                name = f"{base}-{n}"
+                if self._tracker is None or name not in self._tracker:
+                    return name
+
+    # ------------------------------------------------------------------ launching
+
+    def launch(self, spec: LaunchSpec) -> TrackedProcess:
+        """Start ``spec``; a running process of that name is torn down first (its grace)."""
+        tracker = self.tracker
+        if spec.name in tracker:
+            old = tracker.get(spec.name)
+            old_spec = self.specs.get(spec.name)
+            if old.is_running() or old.tree():
+                old.stop(grace=self.grace(old_spec.grace if old_spec else None))
+        proc = tracker.start(
+            spec.command,
+            name=spec.name,
+            cwd=spec.cwd,
+            env=spec.env,
+            replace=True,
+            ready=list(spec.ready) or None,
+            ready_timeout=spec.ready_timeout,
+        )
+        self.specs[spec.name] = spec
+        return proc
+
+    def relaunch(self, spec: LaunchSpec) -> TrackedProcess:
+        """The Restart button: the same command, with fresh readiness checks."""
+        return self.launch(spec.for_restart())
+
+    def stop_process(self, proc: TrackedProcess, grace: float | None) -> None:
+        proc.stop(grace=self.grace(grace))
+        self.refresher.poke()
+
+    def add_widget(self, widget: ProcessWidget) -> None:
+        self.refresher.add(widget)
+
+    # ------------------------------------------------------------------ endings
+
+    def close(self, *, grace: float | None = None) -> CleanupReport | None:
+        """``%unload_ext``: tear everything down, show the final state, stop the thread."""
+        with self._lock:
+            if self.closed:
+                return None
+            self.closed = True
+            tracker = self._tracker
+        self.hooks.uninstall()
+        report = tracker.close(grace=self.grace(grace)) if tracker is not None else None
+        with contextlib.suppress(Exception):
+            self.refresher.tick()  # the widgets show "stopped" and the last lines
+        self.refresher.stop()
+        return report
+
+    def kernel_end_teardown(self) -> None:
+        """The kernel is ending: tear down fast (within about 2 s), never raise."""
+        started = time.monotonic()
+        with self._lock:
+            self.closed = True
+            tracker = self._tracker
+        self.refresher.stop(timeout=0.2)
+        if tracker is not None:
+            budget = KERNEL_END_BUDGET - (time.monotonic() - started)
+            grace = max(0.0, min(self.grace(), KERNEL_END_GRACE, budget - 1.0))
+            with contextlib.suppress(Exception):
+                tracker.close(grace=grace)

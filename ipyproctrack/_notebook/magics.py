@@ -1,0 +1,455 @@
+"""The magics: thin. Parse the arguments, call the engine, render.
+
+Every user mistake (bad argument, empty cell, unknown name, ``KEY=VALUE`` without ``=``,
+an engine ``ProcTrackError``) becomes a one-line ``UsageError``: never a traceback. A
+readiness failure becomes a ``UsageError`` too, carrying the engine's message with the
+process's last output lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import re
+import shlex
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from IPython.core import magic_arguments as _ipy_magic_arguments
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+
+from ipyproctrack._errors import NotReadyError, ProcTrackError
+
+from .render import CleanupView, LogsView, ProcessTable, status_line
+from .widgets import LaunchSpec, ProcessWidget
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from ipyproctrack import TrackedProcess
+
+    from .lifecycle import NotebookSession
+
+__all__ = ["ProcTrackMagics", "generate_base_name", "parse_env"]
+
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+# Lines that set a script up rather than run its main command.
+_SETUP_WORDS = frozenset(
+    {
+        "set", "cd", "pushd", "popd", "export", "source", ".", "trap", "ulimit", "umask",
+        "unset", "shopt", "alias", "declare", "local", "readonly", "echo", "printf", "true",
+        ":", "sleep", "wait", "mkdir", "rm", "cp", "mv", "touch",
+    }
+)
+# Words that run the next word: the name comes from what they run.
+_WRAPPERS = frozenset(
+    {
+        "exec", "env", "nohup", "time", "command", "stdbuf", "nice", "ionice", "setsid",
+        "timeout", "sudo", "uv", "poetry",
+    }
+)
+_RUNNERS = {"uv": "run", "poetry": "run"}
+# One shell word, quotes kept, at a position (for splitting off leading options).
+_WORD = re.compile(r"""\s*((?:[^\s'"\\]+|'[^']*'|"(?:\\.|[^"\\])*"|\\.)+)""")
+
+
+# ----------------------------------------------------------------------------- typing
+# IPython's magic_arguments is untyped; give its three entry points their real types.
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+class _Decorator(Protocol):
+    def __call__(self, fn: _F, /) -> _F: ...
+
+
+magic_arguments: Callable[[], _Decorator] = _ipy_magic_arguments.magic_arguments
+argument: Callable[..., _Decorator] = _ipy_magic_arguments.argument
+
+
+def _parser(magic: str) -> Any:
+    """The MagicArgumentParser that magic_arguments attached to a ProcTrackMagics method."""
+    return ProcTrackMagics.__dict__[magic].parser
+
+
+def _parse(magic: str, line: str) -> argparse.Namespace:
+    """Parse a magic's arguments with POSIX quoting (IPython's own split keeps quotes)."""
+    try:
+        argv = shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"cannot split the arguments: {exc}") from None
+    result: argparse.Namespace = _parser(magic).parse_args(argv)
+    return result
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+@contextlib.contextmanager
+def _usage_errors() -> Iterator[None]:
+    """Engine errors become UsageErrors: one line, or the readiness message with its tail."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except NotReadyError as exc:
+        raise UsageError(str(exc).rstrip()) from None
+    except ProcTrackError as exc:
+        raise UsageError(_one_line(exc)) from None
+
+
+def parse_env(items: Sequence[str]) -> dict[str, str]:
+    """``["A=1", "B=x=y"]`` -> ``{"A": "1", "B": "x=y"}``; a UsageError otherwise."""
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--env expects KEY=VALUE, got {item!r} (no '=')")
+        if not _ENV_KEY.match(key):
+            raise UsageError(f"--env {item!r}: {key!r} is not a valid variable name")
+        env[key] = value
+    return env
+
+
+def generate_base_name(script: str) -> str:
+    """A readable base name from a script's main command: ``python -m http.server`` ->
+    ``python``; comments, ``set -e``, ``cd`` lines and ``FOO=1``/``exec``/``env``
+    prefixes are skipped."""
+    fallback = ""
+    for raw in script.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError:
+            words = line.split()
+        # `cd dir && python x.py`: look at the last command of an && / ; chain
+        for sep in ("&&", ";", "||"):
+            if sep in words:
+                words = words[len(words) - words[::-1].index(sep):]
+        while words:
+            word = words[0]
+            if re.match(r"[A-Za-z_][A-Za-z0-9_]*=", word):
+                words = words[1:]
+            elif word in _WRAPPERS:
+                runner = _RUNNERS.get(word)
+                words = words[1:]
+                if runner and words and words[0] == runner:
+                    words = words[1:]
+                while words and words[0].startswith("-"):
+                    words = words[1:]
+                if word == "timeout" and words:
+                    words = words[1:]
+            else:
+                break
+        if not words:
+            continue
+        base = _NAME_CHARS.sub("", Path(words[0]).name).strip(".-") or ""
+        if not base:
+            continue
+        if base in _SETUP_WORDS:
+            fallback = fallback or base
+            continue
+        return base[:32]
+    return (fallback or "cell")[:32]
+
+
+def _readiness(args: argparse.Namespace) -> list[Any]:
+    wants = [args.wait_port is not None, bool(args.wait_http), bool(args.wait_output)]
+    if not any(wants):
+        if args.timeout is not None:
+            raise UsageError("--timeout needs --wait-port, --wait-http or --wait-output")
+        return []
+    try:
+        from ipyproctrack._engine.ready import HttpReady, OutputReady, PortReady
+    except ImportError:  # pragma: no cover - the readiness module ships with the engine
+        raise UsageError("readiness checks are not available in this ipyproctrack") from None
+    checks: list[Any] = []
+    if args.wait_port is not None:
+        if not 0 < args.wait_port < 65536:
+            raise UsageError(f"--wait-port must be 1-65535, not {args.wait_port}")
+        checks.append(PortReady(args.wait_port))
+    if args.wait_http:
+        try:
+            checks.append(HttpReady(args.wait_http))
+        except ValueError as exc:
+            raise UsageError(f"--wait-http: {_one_line(exc)}") from None
+    if args.wait_output:
+        try:
+            re.compile(args.wait_output)
+        except re.error as exc:
+            raise UsageError(f"--wait-output: bad regular expression: {exc}") from None
+        checks.append(OutputReady(args.wait_output))
+    return checks
+
+
+def _check_number(value: float | None, option: str, *, positive: bool) -> None:
+    if value is None:
+        return
+    if value != value or value < 0 or (positive and value == 0):  # NaN too
+        raise UsageError(f"{option} must be {'> 0' if positive else '>= 0'}, not {value:g}")
+
+
+def _split_leading_options(line: str, parser: argparse.ArgumentParser) -> tuple[list[str], str]:
+    """Split ``-n web --cwd /tmp python -m x`` into option words and the raw command.
+
+    The command keeps its quoting (it goes to the shell as written). Options end at the
+    first word that is not one of ours, or at ``--``.
+    """
+    options: list[str] = []
+    pos = 0
+    need_value = False
+    while True:
+        match = _WORD.match(line, pos)
+        if match is None:
+            break
+        raw = match.group(1)
+        try:
+            word = shlex.split(raw)[0] if raw else raw
+        except (ValueError, IndexError):
+            word = raw
+        if need_value:
+            options.append(word)
+            pos = match.end()
+            need_value = False
+            continue
+        if word == "--":
+            pos = match.end()
+            break
+        if not word.startswith("-") or word == "-":
+            break
+        flag = word.split("=", 1)[0]
+        action = parser._option_string_actions.get(flag)
+        if action is None:
+            raise UsageError(f"unknown option {flag!r} (see %tracked?)")
+        options.append(word)
+        pos = match.end()
+        need_value = action.nargs != 0 and "=" not in word
+    if need_value:
+        raise UsageError(f"option {options[-1]!r} needs a value")
+    return options, line[pos:].strip()
+
+
+# ----------------------------------------------------------------------------- magics
+
+
+@magics_class
+class ProcTrackMagics(Magics):
+    """``%%tracked``, ``%tracked``, ``%proctrack``, ``%proctrack_cleanup``,
+    ``%proctrack_logs``."""
+
+    def __init__(self, shell: InteractiveShell, session: NotebookSession) -> None:
+        super().__init__(shell)
+        self.session = session
+
+    # ------------------------------------------------------------------ %%tracked
+
+    @magic_arguments()
+    @argument(
+        "name_or_command", nargs="*", metavar="NAME | COMMAND",
+        help="%%%%tracked: the NAME of the process (generated from the script if left out). "
+        "%%tracked: the one-line COMMAND to run, after the options.",
+    )
+    @argument("-n", "--name", help="name of the tracked process (line form)")
+    @argument("--cwd", metavar="DIR", help="working directory (default: the kernel's)")
+    @argument(
+        "--env", action="append", nargs="+", default=[], metavar="KEY=VALUE",
+        help="extra environment variables; repeat the option or list several",
+    )
+    @argument(
+        "--grace", type=float, metavar="S",
+        help="seconds between SIGTERM and SIGKILL when this process is stopped, restarted "
+        "or replaced (default: ProcTrackConfig.grace)",
+    )
+    @argument("--no-widget", action="store_true", help="print a status line instead of a widget")
+    @argument("--wait-port", type=int, metavar="P", help="block until 127.0.0.1:P accepts TCP")
+    @argument("--wait-http", metavar="URL", help="block until URL answers with 2xx or 3xx")
+    @argument("--wait-output", metavar="REGEX", help="block until the output matches REGEX")
+    @argument(
+        "--timeout", type=float, metavar="S",
+        help="seconds to wait for readiness (default 30); on timeout the tree is torn down",
+    )
+    @line_cell_magic
+    def tracked(self, line: str, cell: str | None = None) -> None:
+        """Run a shell script (cell) or a command (line) in the background, tracked.
+
+        Cell form::
+
+            %%tracked [NAME] [--cwd DIR] [--env KEY=VALUE ...] [--grace S] [--no-widget]
+                      [--wait-port P | --wait-http URL | --wait-output REGEX] [--timeout S]
+            python -m http.server 8000 --bind 127.0.0.1
+
+        Line form (options first, then the command as the shell should see it)::
+
+            %tracked [-n NAME] [options] COMMAND ...
+
+        The process runs in its own session, so "Interrupt kernel" never stops it, and its
+        whole tree is torn down by %proctrack_cleanup, %unload_ext and every kernel ending.
+        Running a cell again while NAME is alive stops the old tree, then starts the new
+        one. With a --wait-* option the cell blocks until the server is ready.
+        """
+        parser = _parser("tracked")
+        if cell is None:
+            option_words, command = _split_leading_options(line, parser)
+            args = parser.parse_args(option_words)
+            if not command:
+                raise UsageError("%tracked needs a command after the options, e.g. "
+                                 "%tracked -n web python -m http.server 8000")
+            name = args.name
+            script: str = command
+        else:
+            args = _parse("tracked", line)
+            if len(args.name_or_command) > 1:
+                raise UsageError(
+                    f"%%tracked takes one NAME, got {' '.join(args.name_or_command)!r} "
+                    "(the script goes in the cell body)"
+                )
+            positional = args.name_or_command[0] if args.name_or_command else None
+            if positional and args.name and positional != args.name:
+                raise UsageError("give the name once: either NAME or --name NAME")
+            name = positional or args.name
+            if not cell.strip():
+                raise UsageError("%%tracked needs a shell script in the cell body")
+            script = cell
+        if name is not None and (not name.strip() or any(c.isspace() for c in name)):
+            raise UsageError(f"bad name {name!r}: use letters, digits, '.', '_' or '-'")
+        env_items = [item for group in args.env for item in group]
+        env = parse_env(env_items)
+        _check_number(args.grace, "--grace", positive=False)
+        _check_number(args.timeout, "--timeout", positive=True)
+        checks = _readiness(args)
+        cwd = None
+        if args.cwd:
+            cwd = str(Path(args.cwd).expanduser())
+            if not Path(cwd).is_dir():
+                raise UsageError(f"--cwd: not a directory: {args.cwd}")
+
+        session = self.session
+        if name is None:
+            name = session.new_name(generate_base_name(script))
+        spec = LaunchSpec(
+            command=script,
+            name=name,
+            cwd=cwd,
+            env=env or None,
+            grace=args.grace,
+            ready=checks,
+            ready_timeout=30.0 if args.timeout is None else args.timeout,
+            make_ready=functools.partial(_readiness, args),
+        )
+        use_widget = session.widgets_enabled and not args.no_widget
+        self._launch(spec, use_widget)
+
+    def _launch(self, spec: LaunchSpec, use_widget: bool) -> None:
+        session = self.session
+        widget: ProcessWidget | None = None
+        handle: Any = None
+        if use_widget:
+            from IPython.display import display as _display
+
+            display: Callable[..., Any] = _display
+            widget = ProcessWidget(session, spec)
+            handle = display(widget.view, display_id=True)
+            session.add_widget(widget)
+        elif spec.ready:
+            print(f"{spec.name}: starting, waiting for {spec.describe_ready()}…", flush=True)
+        try:
+            with _usage_errors():
+                try:
+                    proc = session.launch(spec)
+                except ValueError as exc:  # e.g. a readiness check refusing its input
+                    raise UsageError(_one_line(exc)) from None
+        except UsageError as exc:
+            if widget is not None:
+                widget.fail(_one_line(exc))
+                widget.view.status_text = f"{spec.name}: failed: {_one_line(exc)}"
+                session.refresher.poke()
+                with contextlib.suppress(Exception):
+                    handle.update(widget.view)
+            raise
+        if widget is not None:
+            widget.attach(proc)
+            session.refresher.poke()
+            with contextlib.suppress(Exception):
+                handle.update(widget.view)  # the saved text/plain becomes the status line
+        else:
+            print(status_line(proc), flush=True)
+
+    # ------------------------------------------------------------------ %proctrack
+
+    @magic_arguments()
+    @line_magic
+    def proctrack(self, line: str) -> ProcessTable:
+        """List the tracked processes: name, pid, state, uptime, processes in the tree,
+        CPU% and RSS of the whole tree, listening TCP ports, log path.
+
+        Shows an HTML table in notebooks and text in terminals.
+        """
+        _parse("proctrack", line)
+        session = self.session
+        if not session.has_tracker:
+            return ProcessTable([], [], now=0.0)
+        import time
+
+        procs = session.tracker.processes()
+        stats = session.sampler.sample_many(procs, prime=0.1)
+        return ProcessTable(procs, stats, now=time.time())
+
+    # ------------------------------------------------------------------ %proctrack_cleanup
+
+    @magic_arguments()
+    @argument("names", nargs="*", metavar="NAME", help="tracked names (default: all)")
+    @argument(
+        "--grace", type=float, metavar="S",
+        help="seconds between SIGTERM and SIGKILL (default: ProcTrackConfig.grace)",
+    )
+    @argument("-v", "--verbose", action="store_true", help="show every process's outcome")
+    @line_magic
+    def proctrack_cleanup(self, line: str) -> CleanupView:
+        """Phased teardown (SIGTERM, wait, SIGKILL, sweep) of the named trees, or of all.
+
+        Shows one line per tree with escalations stated, and the details on demand.
+        """
+        args = _parse("proctrack_cleanup", line)
+        _check_number(args.grace, "--grace", positive=False)
+        session = self.session
+        if not session.has_tracker:
+            if args.names:
+                raise UsageError(f"no tracked process named {args.names[0]!r} (known: none)")
+            return CleanupView(None)
+        tracker = session.tracker
+        for name in args.names:
+            if name not in tracker:
+                with _usage_errors():
+                    tracker.get(name)  # raises UnknownProcessError with the known names
+        report = tracker.cleanup(*args.names, grace=session.grace(args.grace))
+        session.refresher.poke()
+        return CleanupView(report, verbose=args.verbose)
+
+    # ------------------------------------------------------------------ %proctrack_logs
+
+    @magic_arguments()
+    @argument("name", metavar="NAME", help="the tracked process")
+    @argument("--tail", type=int, default=50, metavar="N", help="lines to show (default 50)")
+    @line_magic
+    def proctrack_logs(self, line: str) -> LogsView:
+        """Show the last N lines of a tracked process's output and the path of its full log."""
+        args = _parse("proctrack_logs", line)
+        if args.tail < 1:
+            raise UsageError(f"--tail must be >= 1, not {args.tail}")
+        session = self.session
+        if not session.has_tracker:
+            raise UsageError(f"no tracked process named {args.name!r} (known: none)")
+        with _usage_errors():
+            proc: TrackedProcess = session.tracker.get(args.name)
+        return LogsView(proc, args.tail)
