@@ -6,9 +6,10 @@ Use the engine from plain Python (``Tracker``) or load the IPython extension wit
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._engine.drain import OutputChunk
+from ._engine.ready import CallableReady, HttpReady, OutputReady, PortReady, ReadinessCheck
 from ._engine.teardown import CleanupReport, ProcessInfo, ProcessOutcome
 from ._engine.tracker import TrackedProcess, Tracker
 from ._errors import (
@@ -32,23 +33,30 @@ __version__ = "0.1.0"
 
 __all__ = (
     "AccessDenied",
+    "CallableReady",
     "CleanupReport",
     "ExitedBeforeReady",
+    "HttpReady",
     "LaunchError",
     "NameInUseError",
     "NoSuchProcess",
     "NotReadyError",
     "OutputChunk",
+    "OutputReady",
     "PortInUseError",
+    "PortReady",
     "ProcTrackError",
     "ProcessInfo",
     "ProcessOutcome",
+    "ReadinessCheck",
     "ReadyTimeout",
     "TrackedProcess",
     "Tracker",
     "TrackerClosedError",
     "UnknownProcessError",
     "load_ipython_extension",
+    "notebook_tracker",
+    "tracked",
     "unload_ipython_extension",
 )
 
@@ -67,5 +75,15 @@ def unload_ipython_extension(ip: InteractiveShell) -> None:
     _notebook.unload(ip)
 
 
-def __getattr__(name: str) -> Any:
-    raise AttributeError(f"module 'ipyproctrack' has no attribute {name!r}")
+def tracked(name: str) -> TrackedProcess:
+    """In a notebook: the handle of the process started by ``%%tracked NAME``."""
+    from . import _notebook
+
+    return _notebook.get_process(name)
+
+
+def notebook_tracker() -> Tracker:
+    """In a notebook: the extension's Tracker (one per kernel)."""
+    from . import _notebook
+
+    return _notebook.current_tracker()

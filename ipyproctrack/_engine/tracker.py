@@ -515,6 +515,9 @@ class Tracker(AbstractContextManager["Tracker"]):
             proc.ready_state = "failed"
             proc.stop()
             raise
+        except BaseException:
+            proc.ready_state = None  # interrupted: the process runs on, readiness unknown
+            raise
         finally:
             for c in proc._checks:
                 c.close()

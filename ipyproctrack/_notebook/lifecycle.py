@@ -270,13 +270,19 @@ class NotebookSession:
         self.specs[spec.name] = spec
         return proc
 
+    def launched(self, name: str) -> TrackedProcess | None:
+        """The newest launch called ``name`` (None if nothing by that name exists)."""
+        tracker = self._tracker
+        if tracker is None or name not in tracker:
+            return None
+        return tracker.get(name)
+
     def relaunch(self, spec: LaunchSpec) -> TrackedProcess:
         """The Restart button: the same command, with fresh readiness checks."""
         return self.launch(spec.for_restart())
 
     def stop_process(self, proc: TrackedProcess, grace: float | None) -> None:
         proc.stop(grace=self.grace(grace))
-        self.refresher.poke()
 
     def add_widget(self, widget: ProcessWidget) -> None:
         self.refresher.add(widget)

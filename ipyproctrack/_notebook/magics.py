@@ -373,13 +373,21 @@ class ProcTrackMagics(Magics):
             if widget is not None:
                 widget.fail(_one_line(exc))
                 widget.view.status_text = f"{spec.name}: failed: {_one_line(exc)}"
-                session.refresher.poke()
                 with contextlib.suppress(Exception):
                     handle.update(widget.view)
             raise
+        except KeyboardInterrupt:
+            # "Interrupt kernel" during a readiness wait: the cell stops waiting, the
+            # process keeps running (an interrupt never stops a tracked process).
+            started = session.launched(spec.name)
+            if widget is not None:
+                if started is not None:
+                    widget.attach(started)
+                else:
+                    widget.fail("interrupted before it started")
+            raise
         if widget is not None:
             widget.attach(proc)
-            session.refresher.poke()
             with contextlib.suppress(Exception):
                 handle.update(widget.view)  # the saved text/plain becomes the status line
         else:
@@ -433,7 +441,6 @@ class ProcTrackMagics(Magics):
                 with _usage_errors():
                     tracker.get(name)  # raises UnknownProcessError with the known names
         report = tracker.cleanup(*args.names, grace=session.grace(args.grace))
-        session.refresher.poke()
         return CleanupView(report, verbose=args.verbose)
 
     # ------------------------------------------------------------------ %proctrack_logs

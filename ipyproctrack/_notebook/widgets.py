@@ -228,8 +228,8 @@ class ProcessWidget:
 
     def _on_restart(self, _button: Any) -> None:
         with self._lock:
-            if self.phase in ("restarting", "closed"):
-                return
+            if self.phase not in ("attached", "failed"):
+                return  # still starting, already restarting, or closed
             self.phase = "restarting"
             self.settled = False
         threading.Thread(
@@ -321,9 +321,8 @@ class ProcessWidget:
             self._tail_key = key
         return self._tail_value
 
-    def pending(self, now: float, wall: float) -> list[tuple[str, Any]]:
+    def pending(self, now: float) -> list[tuple[str, Any]]:
         """What differs from what the frontend last got: [(part, value)]."""
-        del wall
         with self._lock:
             proc = self.proc
             if proc is not None and now - self._stats_at >= STATS_INTERVAL:
@@ -391,7 +390,6 @@ class Refresher:
         self.budget = MessageBudget(budget)
         self._widgets: list[ProcessWidget] = []
         self._lock = threading.Lock()
-        self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.ticks = 0
@@ -409,38 +407,25 @@ class Refresher:
                     target=self._run, name="ipyproctrack-widgets", daemon=True
                 )
                 self._thread.start()
-        self.poke()
 
     def remove(self, widget: ProcessWidget) -> None:
         with self._lock:
             if widget in self._widgets:
                 self._widgets.remove(widget)
 
-    def poke(self) -> None:
-        """Refresh soon (still within the rate and the budget)."""
-        self._wake.set()
-
     def stop(self, timeout: float = 1.0) -> None:
         self._stop.set()
-        self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
     def _run(self) -> None:
+        """Tick at refresh_hz (read every tick, so %config applies at once)."""
         last_tick = 0.0
-        while not self._stop.is_set():
+        while True:
             period = 1.0 / max(0.1, min(self._hz(), 5.0))
-            now = time.monotonic()
-            wait = max(0.0, last_tick + period - now)
-            if self._wake.wait(wait if wait > 0 else period):
-                self._wake.clear()
-                # a poke never makes ticks closer than the period
-                now = time.monotonic()
-                if now - last_tick < period and self._stop.wait(last_tick + period - now):
-                    break
-            if self._stop.is_set():
-                break
+            if self._stop.wait(max(0.0, last_tick + period - time.monotonic())):
+                return
             last_tick = time.monotonic()
             with contextlib.suppress(Exception):  # survive anything a widget does
                 self.tick()
@@ -449,14 +434,14 @@ class Refresher:
         """Push the changed parts of every widget, oldest-refreshed first, within budget."""
         self.ticks += 1
         now = time.monotonic()
-        wall = time.time()
         with self._lock:
+            self._widgets = [w for w in self._widgets if w.phase != "closed"]
             widgets = sorted(
                 (w for w in self._widgets if not w.settled and w.phase != "closed"),
                 key=lambda w: w.last_sent,
             )
         for widget in widgets:
-            for part, value in widget.pending(now, wall):
+            for part, value in widget.pending(now):
                 if not self.budget.try_take(time.monotonic()):
                     return
                 try:

@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Execute notebooks/demo.ipynb headless, print what its cells printed, check for leftovers.
+
+    python scripts/run_demo.py [--notebook PATH] [--output PATH] [--timeout S]
+
+The notebook runs in a fresh ``python3`` kernel of this interpreter (jupyter_client runs
+the native kernel with ``sys.executable``), through nbclient. The executed notebook is
+written to ``build/demo.executed.ipynb``. The exit status is non-zero if a cell failed or
+if any process started by the demo that carries an ipyproctrack tag is still alive
+afterwards (those are then killed, by pid and create time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import psutil
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+# nbformat's read/write are untyped
+_nb_read: Callable[..., Any] = nbformat.read
+_nb_write: Callable[..., Any] = nbformat.write
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_NOTEBOOK = REPO / "notebooks" / "demo.ipynb"
+DEFAULT_OUTPUT = REPO / "build" / "demo.executed.ipynb"
+#: Inherited by the demo's kernel and so by everything it starts: how we find leftovers.
+RUN_VARIABLE = "IPYPROCTRACK_DEMO_RUN"
+TAG_VARIABLES = ("IPYPROCTRACK_SESSION", "IPYPROCTRACK_PROCESS")
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        return psutil.Process(pid).environ()
+    except (psutil.Error, OSError):
+        return {}
+
+
+def demo_processes(mark: str, *, tagged_only: bool) -> dict[int, tuple[float, str]]:
+    """Live processes carrying this run's mark (and a tag, if ``tagged_only``)."""
+    found: dict[int, tuple[float, str]] = {}
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == os.getpid():
+            continue
+        env = _environ(proc.pid)
+        if env.get(RUN_VARIABLE) != mark:
+            continue
+        if tagged_only and not any(name in env for name in TAG_VARIABLES):
+            continue
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            found[proc.pid] = (proc.create_time(), " ".join(proc.cmdline())[:120])
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def wait_gone(mark: str, timeout: float, *, tagged_only: bool) -> dict[int, tuple[float, str]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = demo_processes(mark, tagged_only=tagged_only)
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.1)
+
+
+def kill_leftovers(left: dict[int, tuple[float, str]]) -> None:
+    for pid, (ctime, _) in left.items():
+        try:
+            proc = psutil.Process(pid)
+            if abs(proc.create_time() - ctime) < 0.01:
+                proc.kill()
+        except (psutil.Error, OSError):
+            pass
+
+
+def output_text(output: dict[str, Any]) -> str:
+    kind = output.get("output_type")
+    if kind == "stream":
+        return str(output.get("text", ""))
+    if kind == "error":
+        return ANSI.sub("", f"{output.get('ename')}: {output.get('evalue')}")
+    data = output.get("data", {})
+    text = str(data.get("text/plain", ""))
+    if WIDGET_MIME in data:
+        return f"[widget] {text}"
+    return text
+
+
+def print_cell(index: int, cell: Any) -> None:
+    source = str(cell.source).strip()
+    first = source.splitlines()[0] if source else ""
+    more = " …" if "\n" in source else ""
+    print(f"[{index}] {first}{more}")
+    for output in cell.get("outputs", []):
+        text = output_text(output).rstrip("\n")
+        if text:
+            print(textwrap.indent(text, "    "))
+
+
+def run(notebook: Path, output: Path, timeout: float) -> int:
+    nb = _nb_read(notebook, as_version=4)
+    mark = uuid.uuid4().hex
+    env = dict(os.environ)
+    env[RUN_VARIABLE] = mark
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(notebook.parent)}},
+    )
+    failed: str | None = None
+    early: dict[int, tuple[float, str]] = {}
+    started = time.monotonic()
+    print(f"executing {notebook} with {sys.executable}")
+    with client.setup_kernel(env=env):
+        code_cells = 0
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type != "code":
+                continue
+            code_cells += 1
+            try:
+                client.execute_cell(cell, index, execution_count=code_cells)
+            except CellExecutionError as exc:
+                last = ANSI.sub("", str(exc)).strip().splitlines()[-1]
+                failed = f"cell {index} failed: {last}"
+            print_cell(index, cell)
+            if failed:
+                break
+        client.set_widgets_metadata()
+        if not failed:  # the notebook cleaned up after itself: nothing tracked is left
+            early = wait_gone(mark, 3.0, tagged_only=True)
+    # the kernel is shut down now: nothing of the demo's may be left at all
+    late = wait_gone(mark, 5.0, tagged_only=False)
+    took = time.monotonic() - started
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _nb_write(nb, output)
+    print(f"\nexecuted notebook written to {output}")
+    status = 0
+    if failed:
+        print(f"FAILED: {failed}", file=sys.stderr)
+        status = 1
+    for label, left in (("after the last cell", early), ("after kernel shutdown", late)):
+        if left:
+            print(f"LEFT ALIVE {label}: {len(left)} process(es):", file=sys.stderr)
+            for pid, (_, cmd) in sorted(left.items()):
+                print(f"  pid {pid}: {cmd}", file=sys.stderr)
+            kill_leftovers(left)
+            status = status or 2
+    if status == 0:
+        print(f"demo OK in {took:.1f} s: every cell ran, no tracked process is left")
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--notebook", type=Path, default=DEFAULT_NOTEBOOK)
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--timeout", type=float, default=120.0, help="per cell, seconds")
+    args = parser.parse_args(argv)
+    return run(args.notebook.resolve(), args.output.resolve(), args.timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

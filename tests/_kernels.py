@@ -1,0 +1,121 @@
+"""A real ipykernel driven through jupyter_client, for the kernel-level tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.manager import KernelManager
+
+REPO = Path(__file__).resolve().parents[1]
+GRACE = 1.0
+
+@dataclass
+class Result:
+    msgs: list[dict[str, Any]] = field(default_factory=list)
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [m for m in self.msgs if m["msg_type"] == kind]
+
+    @property
+    def stdout(self) -> str:
+        return "".join(m["content"]["text"] for m in self.of("stream")
+                       if m["content"]["name"] == "stdout")
+
+    @property
+    def stderr(self) -> str:
+        return "".join(m["content"]["text"] for m in self.of("stream")
+                       if m["content"]["name"] == "stderr")
+
+    @property
+    def error(self) -> str | None:
+        errors = self.of("error")
+        if not errors:
+            return None
+        c = errors[0]["content"]
+        return f"{c['ename']}: {c['evalue']}"
+
+    def text(self) -> str:
+        parts = [self.stdout]
+        for m in self.of("execute_result") + self.of("display_data"):
+            parts.append(m["content"]["data"].get("text/plain", ""))
+        return "\n".join(parts)
+
+
+class Kernel:
+    """One real ipykernel with the extension loaded."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO), env.get("PYTHONPATH", "")) if p
+        )
+        self.km = KernelManager(kernel_name="python3")
+        self.km.start_kernel(cwd=str(REPO), env=env)
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+        self.pid = -1
+        self.setup()
+
+    def setup(self) -> None:
+        self.ok(f"%load_ext ipyproctrack\n%config ProcTrackConfig.grace = {GRACE}")
+        self.pid = int(self.ok("import os; print(os.getpid())").stdout)
+
+    def collect(self, msg_id: str, timeout: float = 60) -> Result:
+        """Every iopub message until the kernel is idle after ``msg_id``."""
+        result = Result()
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no idle after {timeout} s; got {len(result.msgs)} msgs")
+            try:
+                msg = self.kc.get_iopub_msg(timeout=remaining)
+            except Exception:  # queue.Empty
+                continue
+            msg["received"] = time.monotonic()
+            result.msgs.append(msg)
+            if (
+                msg["msg_type"] == "status"
+                and msg["content"]["execution_state"] == "idle"
+                and msg["parent_header"].get("msg_id") == msg_id
+            ):
+                return result
+
+    def run(self, code: str, timeout: float = 60) -> Result:
+        return self.collect(self.kc.execute(code), timeout)
+
+    def ok(self, code: str, timeout: float = 60) -> Result:
+        result = self.run(code, timeout)
+        assert result.error is None, f"{code!r} failed: {result.error}\n{result.stderr}"
+        return result
+
+    def value(self, expr: str) -> Any:
+        return json.loads(self.ok(f"import json; print(json.dumps({expr}))").stdout)
+
+    def close(self) -> None:
+        try:
+            self.kc.stop_channels()
+        finally:
+            if self.km.has_kernel:  # graceful: the extension tears its trees down
+                self.km.shutdown_kernel(now=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_status(port: int) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as resp:
+        return int(resp.status)
+
+
