@@ -14,7 +14,9 @@ from ._common import (
     ProcRecord,
     SendResult,
     Signal,
+    by_pid,
     same_time,
+    tags_of,
 )
 
 try:
@@ -85,20 +87,11 @@ def get_record(pid: int, *, with_tags: bool = False) -> ProcRecord | None:
 def scan_processes(*, with_tags: bool = True) -> dict[int, ProcRecord]:
     if psutil is None:
         return {}
-    out: dict[int, ProcRecord] = {}
-    for p in psutil.process_iter():
-        rec = _psutil_record(p, with_tags)
-        if rec is not None:
-            out[rec.pid] = rec
-    return out
+    return by_pid(_psutil_record(p, with_tags) for p in psutil.process_iter())
 
 
 def scan_tags() -> dict[int, tuple[str | None, str | None]]:
-    return {
-        pid: (r.session_tag, r.process_tag)
-        for pid, r in scan_processes().items()
-        if r.session_tag or r.process_tag
-    }
+    return tags_of(scan_processes())
 
 
 def command_of(pid: int) -> str:
