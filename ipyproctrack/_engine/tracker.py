@@ -46,8 +46,6 @@ else:
     ReadySpec = Any
 
 _READ_SIZE = 1 << 18  # larger single writes to the log get slower on some disks
-_FLOOD = 1 << 16
-_FLOOD_PAUSE = 0.002
 # Words a shell runs itself: a script that starts with one of these needs no executable.
 _SHELL_WORDS = frozenset(
     {
@@ -604,12 +602,7 @@ async def _drain(sink: OutputSink, fd: int, stream: str) -> None:
             if not data:
                 return
             sink.feed(stream, data)
-            if _FLOOD <= len(data) < _READ_SIZE:
-                # A flood: let the pipe fill for a moment, then take it in large reads.
-                # Waking the loop per small read would cost more than the copy itself.
-                await anyio.sleep(_FLOOD_PAUSE)
-            else:
-                await anyio.lowlevel.checkpoint()
+            await anyio.lowlevel.checkpoint()  # other pipes get their turn in a flood
     except OSError as exc:
         sink.feed(STDERR, f"\n[ipyproctrack: reading {stream} failed: {exc}]\n".encode())
     finally:
