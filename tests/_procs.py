@@ -33,6 +33,7 @@ __all__ = [
     "is_alive",
     "kill_by_identity",
     "mark_test_run",
+    "orphans_of_this_run",
     "tagged_processes",
     "wait_dead",
 ]
@@ -108,6 +109,33 @@ def _tagged_pids_psutil(run_mark: str | None) -> list[int]:
         if _has_new_tag(tags):
             pids.append(proc.pid)
     return pids
+
+
+def orphans_of_this_run() -> dict[int, tuple[float, str]]:
+    """Processes of this test run (tagged or not) that nobody parents any more: their
+    parent died and init adopted them. A test that leaves one has leaked it, even when it
+    carries no tag (say, the grandchild of a plain ``subprocess`` a test started)."""
+    mark = _run_mark()
+    if mark is None or not os.path.isdir("/proc"):
+        return {}
+    key = _RUN_KEY + mark.encode()
+    out: dict[int, tuple[float, str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if key not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != b"Z" and int(fields[1]) == 1:
+            rec = _record(int(entry))
+            if rec is not None:
+                out[int(entry)] = rec
+    return out
 
 
 def _has_new_tag(tags: list[tuple[str, str]]) -> bool:

@@ -13,6 +13,10 @@ test runs going on at the same time on this machine are never touched. A process
 with a whole new environment (``env -i``, or ``Popen(env=...)`` without ``os.environ``)
 loses the mark and escapes this check.
 
+It also counts orphans of this run: processes carrying the run's mark, tagged or not,
+whose parent is gone (re-parented to init), such as the grandchild of a plain
+``subprocess`` that a test killed without its children.
+
 A test that means to leave processes running for a later test cannot exist here: every
 test cleans up after itself.
 """
@@ -22,7 +26,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from _procs import kill_by_identity, mark_test_run, tagged_processes, wait_dead
+from _procs import (
+    kill_by_identity,
+    mark_test_run,
+    orphans_of_this_run,
+    tagged_processes,
+    wait_dead,
+)
 
 mark_test_run()
 
@@ -32,8 +42,9 @@ LEAK_GRACE = 3.0
 @pytest.fixture(autouse=True)
 def _no_tagged_leftovers() -> Iterator[None]:
     before = {(pid, ctime) for pid, (ctime, _) in tagged_processes().items()}
+    before |= {(pid, ctime) for pid, (ctime, _) in orphans_of_this_run().items()}
     yield
-    after = tagged_processes()
+    after = tagged_processes() | orphans_of_this_run()
     new = {pid: info for pid, info in after.items() if (pid, info[0]) not in before}
     if not new:
         return
@@ -49,7 +60,7 @@ def _no_tagged_leftovers() -> Iterator[None]:
         for pid, (_, cmd) in sorted(leftovers.items())
     ]
     pytest.fail(
-        f"test left {len(leftovers)} tagged process(es) alive {LEAK_GRACE:g} s after it "
-        "ended; they were SIGKILLed by pid:\n" + "\n".join(lines),
+        f"test left {len(leftovers)} tagged or orphaned process(es) alive {LEAK_GRACE:g} s "
+        "after it ended; they were SIGKILLed by pid:\n" + "\n".join(lines),
         pytrace=False,
     )

@@ -543,7 +543,17 @@ def test_read_status_events_is_incremental() -> None:
 
 def test_fallback_ps_scan_finds_descendants(started: Started) -> None:
     """The scan used where /proc is missing (macOS, BSD), run here through ps."""
-    child = started.popen(subprocess.Popen([SH, "-c", f"{SLEEP} 1000 & wait"]))
+    child = started.popen(
+        subprocess.Popen([SH, "-c", f"{SLEEP} 1000 & wait"], start_new_session=True)
+    )
+    try:
+        _check_ps_scan(child)
+    finally:  # the grandchild is not tagged: end the whole session we made, by its id
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+
+
+def _check_ps_scan(child: subprocess.Popen[bytes]) -> None:
     wait_for(
         lambda: any(ppid_of(int(p)) == child.pid for p in os.listdir("/proc") if p.isdigit()),
         5,
