@@ -345,3 +345,32 @@ def test_signal_death_and_no_helper_left(tracker: Tracker) -> None:
         assert wait_dead([(helper.pid, helper.create_time)], 2.0) == []
     assert [p.name for p in tracker.processes()] == ["selfkill"]
     assert proc.tree() == []
+
+
+def test_forked_child_never_tears_down_the_parents_processes(tmp_path: Path) -> None:
+    # A forked child inherits the Tracker and the atexit hook; exiting must not stop
+    # the parent's tree, and it cannot start or clean up anything itself.
+    code = (
+        "import os, sys\n"
+        "from ipyproctrack import Tracker, TrackerClosedError\n"
+        f"t = Tracker(log_dir={str(tmp_path)!r})\n"
+        "p = t.start('sleep 60', name='s')\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    r = t.cleanup()\n"
+        "    assert 'forked child' in r.messages[0] and not r.outcomes, r\n"
+        "    try:\n"
+        "        t.start('sleep 1')\n"
+        "    except TrackerClosedError:\n"
+        "        pass\n"
+        "    else:\n"
+        "        os._exit(3)\n"
+        "    sys.exit(0)  # runs atexit: it must leave the parent's processes alone\n"
+        "_, status = os.waitpid(child, 0)\n"
+        "print(os.waitstatus_to_exitcode(status), p.is_running(), p.tree() != [])\n"
+        "r = t.close(grace=0.5)\n"
+        "print(r.ok, len(r.outcomes))\n"
+    )
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "True", "True", "True", "1"], out.stdout + out.stderr

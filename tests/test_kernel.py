@@ -237,3 +237,30 @@ def test_text_fallback_with_no_widget(shared: Kernel) -> None:
     logs = shared.ok("%proctrack_logs quiet --tail 5").text()
     assert "ready" in logs and "quiet.log" in logs
     assert "all gone" in shared.ok("%proctrack_cleanup quiet").text()
+
+
+def test_terminated_multiprocessing_worker_leaves_servers_alone(shared: Kernel) -> None:
+    # Fork workers inherit the kernel's SIGTERM handler and atexit hooks; Pool.terminate()
+    # SIGTERMs them. That must not tear down the kernel's tracked processes.
+    shared.ok("%%tracked svc --no-widget\nexec sleep 1000\n")
+    result = shared.ok(
+        textwrap.dedent(
+            """\
+            import multiprocessing, time
+            ctx = multiprocessing.get_context("fork")
+            worker = ctx.Process(target=time.sleep, args=(60,))
+            worker.start()
+            time.sleep(0.2)
+            worker.terminate()
+            worker.join(10)
+            print("worker exit", worker.exitcode)
+            """
+        )
+    )
+    assert "worker exit -15" in result.stdout, result.stdout
+    alive = shared.value(
+        "[__import__('ipyproctrack').tracked('svc').is_running(), "
+        "len(__import__('ipyproctrack').tracked('svc').tree())]"
+    )
+    assert alive == [True, 1]
+    assert "all gone" in shared.ok("%proctrack_cleanup svc").text()

@@ -66,11 +66,13 @@ _live_trackers: weakref.WeakSet[Tracker] = weakref.WeakSet()
 
 def _drop_lifelines_in_child() -> None:
     """A forked child (multiprocessing "fork") must not hold a lifeline open: the keepers
-    would miss the kernel's death until their pidfd backup notices."""
+    would miss the kernel's death until their pidfd backup notices. Nor may its exit tear
+    down its parent's processes, so it forgets the live trackers."""
     for tracker in list(_live_trackers):
         if tracker._lifeline is not None:
             with contextlib.suppress(OSError):
                 os.close(tracker._lifeline[1])
+    _live_trackers.clear()
 
 
 if hasattr(os, "register_at_fork"):
@@ -258,6 +260,7 @@ class Tracker(AbstractContextManager["Tracker"]):
         self.log_max_bytes = log_max_bytes
         self.log_backups = log_backups
         self.closed = False
+        self._owner_pid = os.getpid()  # a forked child inherits this object, not its processes
         self._lock = threading.RLock()
         self._procs: dict[str, TrackedProcess] = {}
         self._counter = itertools.count(1)
@@ -311,6 +314,8 @@ class Tracker(AbstractContextManager["Tracker"]):
         when the command, its directory or the name cannot be used."""
         if self.closed:
             raise TrackerClosedError("this Tracker is closed; create a new one")
+        if self._foreign():
+            raise TrackerClosedError(self._foreign_message())
         argv, display = _argv_of(command)
         workdir = _checked_cwd(cwd)
         full_env = self._child_env(env)
@@ -533,7 +538,16 @@ class Tracker(AbstractContextManager["Tracker"]):
         """cleanup() on a worker thread: the scans stay off the caller's event loop."""
         return await anyio.to_thread.run_sync(partial(self.cleanup, *names, grace=grace))
 
+    def _foreign(self) -> bool:
+        return os.getpid() != self._owner_pid
+
+    def _foreign_message(self) -> str:
+        return (f"this Tracker belongs to process {self._owner_pid}; a forked child "
+                f"(pid {os.getpid()}) cannot start or stop its processes")
+
     def _teardown(self, procs: Sequence[TrackedProcess], grace: float | None) -> CleanupReport:
+        if self._foreign():  # e.g. a multiprocessing worker: never touch the parent's trees
+            return CleanupReport(messages=[self._foreign_message()])
         grace = self.grace if grace is None else grace
         was_running = [p for p in procs if p.is_running()]
         report = run_teardown([p._target() for p in procs], grace=grace)
@@ -553,6 +567,8 @@ class Tracker(AbstractContextManager["Tracker"]):
             if self.closed:
                 return CleanupReport()
             self.closed = True
+        if self._foreign():
+            return CleanupReport(messages=[self._foreign_message()])
         report = self._teardown(self.processes(), grace)
         deadline = time.monotonic() + 1.0
         for p in self.processes():

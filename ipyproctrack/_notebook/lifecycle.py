@@ -82,12 +82,16 @@ class KernelEndHooks:
         self._had_instance_attr = False
         self._previous_sigterm: _SignalHandler = None
         self._sigterm_installed = False
+        self._pid = os.getpid()
         self.fired: list[str] = []  # which triggers ran, for tests and debugging
 
     # ------------------------------------------------------------------ install / remove
 
     def install(self, shell: InteractiveShell) -> None:
         self._active = True
+        # Forked children (multiprocessing workers) inherit the SIGTERM handler and atexit;
+        # Pool.terminate() SIGTERMs them. They must never tear down the kernel's trees.
+        self._pid = os.getpid()
         self._wrap_do_shutdown(getattr(shell, "kernel", None))
         self._install_sigterm()
         atexit.register(self._on_atexit)
@@ -118,7 +122,7 @@ class KernelEndHooks:
     # ------------------------------------------------------------------ triggers
 
     def _run(self, trigger: str) -> None:
-        if not self._active:
+        if not self._active or os.getpid() != self._pid:
             return
         self._active = False
         self.fired.append(trigger)
