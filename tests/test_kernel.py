@@ -264,3 +264,21 @@ def test_terminated_multiprocessing_worker_leaves_servers_alone(shared: Kernel) 
     )
     assert alive == [True, 1]
     assert "all gone" in shared.ok("%proctrack_cleanup svc").text()
+
+
+def test_interrupting_a_readiness_wait_keeps_the_process(shared: Kernel) -> None:
+    port = free_port()
+    cell = f"%%tracked slowpoke --wait-port {port} --timeout 60\nexec sleep 1000\n"
+    msg_id = shared.kc.execute(cell)
+    time.sleep(1.5)
+    started = time.monotonic()
+    shared.km.interrupt_kernel()
+    result = shared.collect(msg_id, timeout=30)
+    assert time.monotonic() - started < 5  # the wait stopped at once, not at its timeout
+    assert "KeyboardInterrupt" in (result.error or "") + result.stderr
+    state = shared.value(
+        "[__import__('ipyproctrack').tracked('slowpoke').is_running(), "
+        "__import__('ipyproctrack').tracked('slowpoke').ready_state]"
+    )
+    assert state == [True, None]
+    assert "all gone" in shared.ok("%proctrack_cleanup slowpoke").text()

@@ -510,16 +510,20 @@ class Tracker(AbstractContextManager["Tracker"]):
         if not proc._checks:
             return 0.0
         proc.ready_state = "starting"
+        future = self._get_portal().start_task_soon(
+            partial(wait_until_ready, proc, proc._checks, timeout=timeout)
+        )
         try:
-            seconds = self._get_portal().call(
-                partial(wait_until_ready, proc, proc._checks, timeout=timeout)
-            )
+            seconds = future.result()
         except NotReadyError:
             proc.ready_state = "failed"
             proc.stop()
             raise
         except BaseException:
-            proc.ready_state = None  # interrupted: the process runs on, readiness unknown
+            # Interrupted (KeyboardInterrupt): stop waiting; the process runs on, as an
+            # interrupt must never stop a tracked process.
+            future.cancel()
+            proc.ready_state = None
             raise
         finally:
             for c in proc._checks:
