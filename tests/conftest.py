@@ -24,6 +24,7 @@ test cleans up after itself.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from _procs import (
@@ -33,6 +34,9 @@ from _procs import (
     tagged_processes,
     wait_dead,
 )
+
+if TYPE_CHECKING:
+    from _kernels import Kernel
 
 mark_test_run()
 
@@ -64,3 +68,22 @@ def _no_tagged_leftovers() -> Iterator[None]:
         "after it ended; they were SIGKILLed by pid:\n" + "\n".join(lines),
         pytrace=False,
     )
+
+
+@pytest.fixture(scope="module")
+def _shared_kernel() -> Iterator[Kernel]:
+    """One real kernel per test module that asks for ``shared``."""
+    from _kernels import Kernel
+
+    k = Kernel()
+    try:
+        yield k
+    finally:
+        k.close()
+
+
+@pytest.fixture
+def shared(_shared_kernel: Kernel) -> Iterator[Kernel]:
+    """The module's kernel; whatever a test started is cleaned up after it, pass or fail."""
+    yield _shared_kernel
+    _shared_kernel.run("%proctrack_cleanup")

@@ -42,22 +42,6 @@ def kernel() -> Iterator[Kernel]:
         k.close()
 
 
-@pytest.fixture(scope="module")
-def _shared_kernel() -> Iterator[Kernel]:
-    k = Kernel()
-    try:
-        yield k
-    finally:
-        k.close()
-
-
-@pytest.fixture
-def shared(_shared_kernel: Kernel) -> Iterator[Kernel]:
-    """The module's kernel; whatever a test started is cleaned up after it, pass or fail."""
-    yield _shared_kernel
-    _shared_kernel.run("%proctrack_cleanup")
-
-
 # ----------------------------------------------------------------------------- kernel endings
 
 

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -28,22 +27,6 @@ pytestmark = [
 
 NB = "__import__('ipyproctrack')._notebook"
 _DATA_MSGS = ("display_data", "update_display_data", "execute_result", "comm_open", "comm_msg")
-
-
-@pytest.fixture(scope="module")
-def _shared_kernel() -> Iterator[Kernel]:
-    k = Kernel()
-    try:
-        yield k
-    finally:
-        k.close()
-
-
-@pytest.fixture
-def shared(_shared_kernel: Kernel) -> Iterator[Kernel]:
-    """The module's kernel; whatever a test started is cleaned up after it, pass or fail."""
-    yield _shared_kernel
-    _shared_kernel.run("%proctrack_cleanup")
 
 
 # ----------------------------------------------------------------------------- helpers
