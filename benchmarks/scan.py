@@ -8,9 +8,8 @@ Starts COUNT processes (a bash root and COUNT-1 ``sleep 1000``) whose environmen
 ``IPYPROCTRACK_SESSION`` / ``IPYPROCTRACK_PROCESS`` with fresh values, then times, side by
 side, over REPEAT runs each:
 
-- ``ipyproctrack._platform.scan_tags()``: the engine's tag scan (pid -> tag values);
-- ``ipyproctrack._platform.scan_processes(with_tags=True)``: every process, with its
-  parent, group, create time and tags;
+- ``ipyproctrack._platform.scan_processes(with_tags=True)``: the scan the teardown and
+  ``tree()`` use: every process, with its parent, group, create time and tags;
 - ``psutil.process_iter(["environ"])``, filtering the environments for the same tag.
 
 Each line gives the median and the best time in ms, and how many of the COUNT tagged
@@ -44,10 +43,6 @@ done
 echo ready >"$ready"
 wait
 """
-
-
-def scan_tags(session: str) -> int:
-    return sum(1 for s, _ in _platform.scan_tags().values() if s == session)
 
 
 def scan_processes(session: str) -> int:
@@ -105,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.repeat} runs each (discovery: {_platform.DISCOVERY})"
             )
             rows = [
-                ("_platform.scan_tags()", scan_tags),
                 ("_platform.scan_processes()", scan_processes),
                 ("psutil.process_iter(['environ'])", scan_psutil),
             ]

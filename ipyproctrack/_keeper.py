@@ -45,6 +45,12 @@ Lifetime:
     * When no child is left (ECHILD), the keeper exits with the command's exit status,
       or 128 + n when the command was killed by signal n (like a shell; the exact
       negative returncode is in the "exited" event).
+    * Without the subreaper (macOS, BSD; on Linux when ``subreaper`` is false or the
+      prctl failed), orphans leave the keeper's subtree, so "no child left" does not mean
+      "nothing left". The keeper then stays while a live (non-zombie) process still
+      carries its exact IPYPROCTRACK_PROCESS tag, the daemons that kept their
+      environment: it looks about once a second (a poll with a timeout, no busy loop),
+      and exits once none is left. Should the kernel die meanwhile, it tears them down.
     * The kernel is gone when the lifeline reads EOF (only the kernel holds the write
       end, so closing it on purpose also means "tear the session down"), when the
       kernel's pidfd turns readable (Linux), or when the keeper's parent changes (the
@@ -191,6 +197,8 @@ class Keeper:
         self.parent: int | None = None  # the kernel, when it is our parent
         self.wake_r = self.wake_w = -1
         self.gone_reason = ""
+        self.is_subreaper = False  # orphans re-parent to us (set by run())
+        self.tagged_seen: dict[int, Ident] = {}  # tagged escapees seen by the last look
 
     # status pipe
 
@@ -217,9 +225,15 @@ class Keeper:
     def _watch_kernel(self) -> bool:
         """Start watching the kernel. False when it is already gone."""
         if self.lifeline_fd >= 0:
-            ready = select.select([self.lifeline_fd], [], [], 0)[0]
-            if ready and not self._read_lifeline():
-                return False
+            # poll, never select: the kernel of a busy notebook may have more than 1023
+            # fds open, and select() cannot take an fd number of 1024 or more.
+            poller = select.poll()
+            poller.register(self.lifeline_fd, select.POLLIN)
+            for _, events in poller.poll(0):
+                if events & select.POLLNVAL:  # not open after all: no lifeline
+                    self.lifeline_fd = -1
+                elif not self._read_lifeline():
+                    return False
         pid = self.kernel_pid
         if pid <= 0:
             return True
@@ -284,6 +298,23 @@ class Keeper:
         self.reap()
         return self.main_rc is not None
 
+    def tagged_alive(self) -> bool:
+        """Does a live (non-zombie) process other than us and the kernel still carry our
+        exact tag? For the keeper without a subreaper, whose orphans are not its children.
+
+        The ones the last look found are checked first (two small reads each on Linux);
+        only when all of them are gone does a full scan run.
+        """
+        if not self.tag:
+            return False
+        scan = _Scan(0, self.tag, exclude=(os.getpid(), self.kernel_pid))
+        if _HAS_PROC:
+            for pid, ident in self.tagged_seen.items():
+                if _alive(pid, ident, None) and scan.has_tag(pid):
+                    return True
+        self.tagged_seen = scan.live_tagged()
+        return bool(self.tagged_seen)
+
     def exit_status(self) -> int:
         rc = self.main_rc
         if rc is None:
@@ -304,7 +335,7 @@ class Keeper:
         if not self.argv:
             self.emit({"event": "error", "errno": errno.EINVAL, "message": "empty command"})
             return 127
-        subreaper = self.subreaper and _set_subreaper()
+        subreaper = self.is_subreaper = self.subreaper and _set_subreaper()
         if not self._watch_kernel():
             self.emit({"event": "error", "errno": errno.ESRCH, "message": "the kernel is gone"})
             return 1
@@ -337,15 +368,26 @@ class Keeper:
             poller.register(self.lifeline_fd, select.POLLIN)
         if self.pidfd is not None:
             poller.register(self.pidfd, select.POLLIN)
+        next_look = 0.0  # when to look for tagged escapees again (no subreaper only)
         while True:
             children = self.reap()
             if self._kernel_gone():  # first: a tagged escapee may live outside our subtree
                 self.emit({"event": "teardown", "reason": self.gone_reason})
                 self.teardown()
                 return self.exit_status()
+            timeout = _WATCH_MS
             if not children:
-                return self.exit_status()
-            for fd, events in poller.poll(_WATCH_MS):
+                if self.is_subreaper:  # every orphan was our child: nothing is left
+                    return self.exit_status()
+                # No subreaper: orphans went to init. Stay the watchdog of those that
+                # kept our tag while one lives; look about once a second.
+                now = time.monotonic()
+                if now >= next_look:
+                    if not self.tagged_alive():
+                        return self.exit_status()
+                    next_look = now + _WATCH_MS / 1000
+                timeout = max(1, int((next_look - now) * 1000) + 1)
+            for fd, events in poller.poll(timeout):
                 if fd == self.wake_r:
                     try:
                         while os.read(self.wake_r, 512):
@@ -453,29 +495,68 @@ class _Scan:
                 out[int(parts[0])] = (int(parts[1]), parts[3].strip(), parts[2][:1] == "Z")
         return out
 
+    # What the tag scan sees. Linux: /proc/PID/environ, the environment block of the
+    # process's last exec (as the process may have changed it in place), readable for our
+    # own user's processes only (others are skipped), empty for zombies and kernel threads.
+    # Elsewhere (macOS, BSD): ``ps -E`` appends to the command line the environment the
+    # process was exec'd with; later setenv() calls do not show. ps shows it for our own
+    # user's processes only, and our tag must be one whitespace-separated word of that
+    # text: a tag with spaces never matches, and an argument that happens to read exactly
+    # IPYPROCTRACK_PROCESS=<tag> does. A daemon that wiped or replaced its environment is
+    # invisible to both: that is what the Linux subreaper is for; elsewhere it is not
+    # found. (procps ps on Linux has no -E; Linux always uses /proc.)
+
+    def has_tag(self, pid: int) -> bool:
+        """Linux: does /proc/PID/environ hold exactly our tag entry?"""
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            return False
+        return self.entry in env and self.entry in env.split(b"\0")
+
     def tagged(self, table: dict[int, tuple[int, Ident, bool]]) -> set[int]:
         if not self.entry:
             return set()
-        found = set()
         if _HAS_PROC:
-            for pid, (_, _, zombie) in table.items():
-                if zombie or pid in self.exclude:
-                    continue
-                try:
-                    with open(f"/proc/{pid}/environ", "rb") as f:
-                        env = f.read()
-                except OSError:
-                    continue
-                if self.entry in env and self.entry in env.split(b"\0"):
-                    found.add(pid)
-            return found
-        # BSD/macOS ps -E appends the environment to the command: match a whole word.
+            return {
+                pid
+                for pid, (_, _, zombie) in table.items()
+                if not zombie and pid not in self.exclude and self.has_tag(pid)
+            }
+        return set(self._ps_tagged())
+
+    def _ps_tagged(self) -> dict[int, bool]:
+        """No /proc: pid -> zombie, for every process whose ``ps -E`` text has our tag as a
+        whole word (see above for what ps shows)."""
         text = self.entry.decode()
-        for line in _ps("-A", "-E", "-ww", "-o", "pid=", "-o", "command="):
+        found: dict[int, bool] = {}
+        for line in _ps("-A", "-E", "-ww", "-o", "pid=", "-o", "stat=", "-o", "command="):
             parts = line.split()
-            if parts and parts[0].isdigit() and text in parts[1:]:
-                found.add(int(parts[0]))
+            if len(parts) > 2 and parts[0].isdigit() and text in parts[2:]:
+                found[int(parts[0])] = parts[1][:1] == "Z"
         return found
+
+    def live_tagged(self) -> dict[int, Ident]:
+        """Live (non-zombie) processes carrying our exact tag, excluded ones left out:
+        pid -> identity (start ticks on Linux; 0 elsewhere, where only the pid counts)."""
+        if not self.entry:
+            return {}
+        found: dict[int, Ident] = {}
+        if _HAS_PROC:  # environ first: most pids fail there, and cheaply
+            for name in os.listdir("/proc"):
+                if not name.isdigit() or int(name) in self.exclude:
+                    continue
+                if self.has_tag(int(name)):
+                    st = read_stat(int(name))
+                    if st is not None and st[0] not in ("Z", "X"):
+                        found[int(name)] = st[2]
+            return found
+        return {
+            pid: 0
+            for pid, zombie in self._ps_tagged().items()
+            if not zombie and pid not in self.exclude
+        }
 
     def targets(self) -> dict[int, Ident]:
         """Live (non-zombie) members: pid -> identity."""
@@ -501,9 +582,12 @@ class _Scan:
 def _ps(*args: str) -> list[str]:
     import subprocess
 
+    # ps runs untagged: with our tag (the keeper's environment is its command's), it would
+    # list itself among the tagged processes.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPYPROCTRACK_")}
     try:
         out = subprocess.run(
-            ["ps", *args], capture_output=True, text=True, timeout=10, check=False
+            ["ps", *args], capture_output=True, text=True, timeout=10, env=env, check=False
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []

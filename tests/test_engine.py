@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 import threading
@@ -374,3 +375,113 @@ def test_forked_child_never_tears_down_the_parents_processes(tmp_path: Path) -> 
     out = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["0", "True", "True", "True", "1"], out.stdout + out.stderr
+
+
+def test_a_name_whose_tree_outlives_its_root_stays_in_use(tracker: Tracker) -> None:
+    launcher = tracker.start("sleep 300 & exit 0", name="db")  # like `pg_ctl start`
+    assert launcher.wait(10) == 0
+    server = launcher.tree()
+    assert len(server) == 1
+    with pytest.raises(NameInUseError, match="'db' exited 0 but its tree still runs"):
+        tracker.start("sleep 300", name="db")
+    assert tracker.get("db") is launcher
+    again = tracker.start("sleep 300", name="db", replace=True, replace_grace=0.5)
+    assert wait_dead([(server[0].pid, server[0].create_time)], 2.0) == []
+    assert tracker.get("db") is again and again.is_running()
+
+
+def test_tag_finds_a_process_outside_the_tree(tmp_path: Path) -> None:
+    env = dict(os.environ, IPYPROCTRACK_PROCESS="outside-tag-1")
+    stray = subprocess.Popen(["sleep", "60"], env=env, start_new_session=True)
+    try:
+        ct = create_time(stray.pid)
+        assert ct is not None
+        target = Target(name="t", root=None, tag="outside-tag-1", reap=lambda: bool(stray.poll()))
+        report = run_teardown([target], grace=1.0)
+        assert [(o.pid, o.found_by, o.ended_by) for o in report.outcomes] == [
+            (stray.pid, "tag", "SIGTERM")
+        ]
+        # An inexact tag (a prefix, a suffix) is never a match.
+        for tag in ("outside-tag", "outside-tag-10"):
+            again = subprocess.Popen(["sleep", "60"], env=env, start_new_session=True)
+            try:
+                report = run_teardown([Target(name="t", root=None, tag=tag)], grace=0.2)
+                assert report.outcomes == [] and again.poll() is None
+            finally:
+                again.kill()
+                again.wait()
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+        stray.wait()
+
+
+def test_a_failed_rotation_closes_no_foreign_descriptor(tmp_path: Path) -> None:
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    log = RotatingLog(folder / "x.log", max_bytes=100, backups=2)
+    log.write(b"a" * 100)
+    for f in folder.iterdir():
+        f.unlink()
+    folder.rmdir()  # a /tmp cleaner removed the log directory
+    log.write(b"b" * 10)  # the rotation fails: recorded, not raised
+    assert log.error is not None and "cannot write log" in log.error
+    r, w = os.pipe()  # likely reuses the number the log had
+    try:
+        for _ in range(3):
+            log.write(b"c" * 200)
+        os.write(w, b"still open")
+        assert os.read(r, 100) == b"still open"
+        log.close()  # never raises
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_subscriber_thread_ends_when_the_output_closes(tracker: Tracker) -> None:
+    release = threading.Event()
+
+    def slow(batch: list[OutputChunk]) -> None:
+        release.wait(5)
+
+    proc = tracker.start([PY, "-c", "print('a'); print('b')"], name="sub-end")
+    proc.subscribe(slow)
+    assert proc.wait_output_done(10)
+    release.set()
+    assert _wait_for(
+        lambda: not [t for t in threading.enumerate() if t.name == "ipyproctrack-subscriber"]
+    )
+
+
+def test_on_exit_callback_may_restart_the_process(tracker: Tracker) -> None:
+    restarted: list[object] = []
+
+    def restart(proc: object) -> None:
+        restarted.append(tracker.start([PY, "-c", "print('second life')"], name="phoenix"))
+
+    first = tracker.start("exit 1", name="phoenix")
+    first.on_exit(restart)
+    assert _wait_for(lambda: bool(restarted))
+    second = tracker.get("phoenix")
+    assert second is restarted[0] and second is not first
+    assert second.wait(10) == 0 and second.wait_output_done(10)
+    assert second.tail() == "second life\n"
+
+
+def test_close_racing_a_start_leaves_nothing(tracker: Tracker) -> None:
+    tracker.start("trap '' TERM; exec sleep 60", name="stubborn")
+    errors: list[BaseException] = []
+
+    def restart() -> None:
+        try:
+            tracker.start("sleep 60", name="stubborn", replace=True)
+        except BaseException as exc:
+            errors.append(exc)
+
+    starter = threading.Thread(target=restart)
+    starter.start()
+    time.sleep(0.2)  # the restart is now waiting out the old tree's grace
+    tracker.close(grace=0.5)
+    starter.join(10)
+    assert tracker.closed
+    assert all(not p.has_live_tree() for p in tracker.processes())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import select
 import shutil
 import signal
@@ -61,6 +62,13 @@ SMALL_TREE = textwrap.dedent(
     """
 )
 SMALL_TREE_COUNT = 4
+
+# A double-forked setsid daemon that keeps its environment (so it carries the launch's
+# tag); the command exits at once. The daemon writes its pid to the pid file ($1).
+TAGGED_DAEMON = (
+    f'( {SETSID} {SH} -c \'echo "$$" >"$1.tmp"; mv "$1.tmp" "$1"; '
+    f'exec {SLEEP} 1000\' sh "$1" & ); exit 0'
+)
 
 
 class Started:
@@ -146,6 +154,7 @@ def kept(
     *,
     out: int = subprocess.DEVNULL,
     keeper_teardown: str = "engine",
+    subreaper: bool = True,
 ) -> KeptProcess:
     tag = started.tag()
     null = os.open(os.devnull, os.O_WRONLY)
@@ -158,7 +167,7 @@ def kept(
             stderr=null,
             lifeline_fd=lifeline[0],
             grace=GRACE,
-            subreaper=True,
+            subreaper=subreaper,
             tag=tag,
             session=started.session,
             keeper_teardown=keeper_teardown,
@@ -173,11 +182,13 @@ def read_events(fd: int, timeout: float, *, until: str | None = None) -> list[di
     buf = bytearray()
     events: list[dict[str, object]] = []
     deadline = time.monotonic() + timeout
+    poller = select.poll()  # not select(): the fd may be 1024 or more
+    poller.register(fd, select.POLLIN)
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError(f"status events so far: {events}")
-        if not select.select([fd], [], [], remaining)[0]:
+        if not poller.poll(max(1, int(remaining * 1000))):
             continue
         data = os.read(fd, 4096)
         if not data:
@@ -206,6 +217,11 @@ def read_pidfile(path: Path, count: int, timeout: float = 10.0) -> dict[str, int
 
     wait_for(complete, timeout, f"{path} did not list {count} processes")
     return {role: int(pid) for role, pid in (ln.split() for ln in path.read_text().splitlines())}
+
+
+def read_daemon_pid(path: Path, timeout: float = 10.0) -> int:
+    wait_for(path.exists, timeout, f"{path} was not written")
+    return int(path.read_text())
 
 
 # --- (a) pid, parentage, exit codes -------------------------------------------------------
@@ -408,6 +424,44 @@ def test_closing_the_lifeline_tears_the_launch_down(
     assert time.monotonic() - t0 < 3 + GRACE
 
 
+# --- fd numbers of 1024 and more (select() cannot take them) ------------------------------
+
+
+def test_keeper_works_with_fd_numbers_above_1024(started: Started) -> None:
+    """A busy kernel may hold more than 1023 fds: the lifeline and the status pipe then get
+    high numbers, and the keeper must still start and still watch the lifeline."""
+    low = 1100
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = low + 200
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < {need}")
+    if soft != resource.RLIM_INFINITY and soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    nulls: list[int] = []
+    w = -1
+    try:
+        while not nulls or nulls[-1] < low:
+            nulls.append(os.open(os.devnull, os.O_RDONLY))
+        r, w = make_lifeline()
+        started.fds.append(r)
+        assert min(r, w) > low
+        kp = kept(started, (r, w), [SLEEP, "1000"])
+        assert kp.status_fd > low
+    finally:
+        for fd in nulls:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert ppid_of(kp.pid) == kp.keeper.pid
+    time.sleep(0.2)
+    assert kp.keeper.poll() is None  # the lifeline is open: nothing happens
+    os.close(w)
+    events = read_events(kp.status_fd, 3 + GRACE + 5)
+    assert events[0] == {"event": "teardown", "reason": "lifeline"}
+    assert {"event": "exited", "returncode": -signal.SIGTERM} in events
+    assert events[-1]["event"] == "teardown_done"
+    assert kp.keeper.wait(timeout=5) == 128 + signal.SIGTERM
+
+
 # --- (d), (e) a killed kernel -------------------------------------------------------------
 
 FAKE_KERNEL = textwrap.dedent(
@@ -424,7 +478,7 @@ FAKE_KERNEL = textwrap.dedent(
     null = os.open(os.devnull, os.O_RDWR)
     env = dict(os.environ, **cfg["tags"])
     kp = spawn_kept(cfg["argv"], cwd=cfg["cwd"], env=env, stdout=null, stderr=null,
-                    lifeline_fd=r, grace=cfg["grace"], subreaper=True,
+                    lifeline_fd=r, grace=cfg["grace"], subreaper=cfg["subreaper"],
                     tag=cfg["tags"]["IPYPROCTRACK_PROCESS"],
                     session=cfg["tags"]["IPYPROCTRACK_SESSION"],
                     keeper_teardown=cfg["teardown"])
@@ -435,7 +489,12 @@ FAKE_KERNEL = textwrap.dedent(
 
 
 def run_fake_kernel(
-    started: Started, argv: list[str], *, fork_child: bool, teardown: str
+    started: Started,
+    argv: list[str],
+    *,
+    fork_child: bool,
+    teardown: str,
+    subreaper: bool = True,
 ) -> tuple[subprocess.Popen[bytes], dict[str, int | None]]:
     tag = started.tag()
     cfg = {
@@ -444,6 +503,7 @@ def run_fake_kernel(
         "grace": GRACE,
         "fork_child": fork_child,
         "teardown": teardown,
+        "subreaper": subreaper,
         "tags": {"IPYPROCTRACK_SESSION": started.session, "IPYPROCTRACK_PROCESS": tag},
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("IPYPROCTRACK_")}
@@ -522,6 +582,68 @@ def test_forked_child_holding_the_lifeline_does_not_delay_cleanup(
     finally:
         kill_by_identity([mp_ident])
         wait_dead([mp_ident], 5.0)
+
+
+# --- without a subreaper (macOS; Linux with subreaper=False) -----------------------------
+
+
+def _start_tagged_daemon_without_subreaper(
+    started: Started, keeper: int, pidfile: Path, command: int | None = None
+) -> tuple[int, float]:
+    """The daemon is up, outside the keeper's subtree, tagged; the command is gone."""
+    daemon = read_daemon_pid(pidfile)
+    ident = started.note(daemon)
+    assert ident is not None
+    assert os.getsid(daemon) == daemon
+    environ = Path(f"/proc/{daemon}/environ").read_bytes().split(b"\0")
+    assert any(e.startswith(b"IPYPROCTRACK_PROCESS=") for e in environ)
+    if command is not None:
+        wait_for(lambda: ppid_of(command) != keeper, 5, "the command did not exit")
+    assert ppid_of(daemon) != keeper  # no subreaper: it went to init (or another reaper)
+    return ident
+
+
+@pytest.mark.parametrize("teardown", ["engine", "fallback"])
+def test_no_subreaper_keeper_stays_for_a_tagged_daemon_and_tears_it_down(
+    started: Started, tmp_path: Path, teardown: str
+) -> None:
+    """Without a subreaper the keeper has no child left once the command exits, but the
+    tagged daemon lives on: the keeper stays its watchdog and ends it with the kernel."""
+    pidfile = tmp_path / "daemon.pid"
+    kernel, pids = run_fake_kernel(
+        started,
+        [SH, "-c", TAGGED_DAEMON, "daemon", str(pidfile)],
+        fork_child=False,
+        teardown=teardown,
+        subreaper=False,
+    )
+    keeper, command = pids["keeper"], pids["command"]
+    assert keeper is not None and command is not None
+    keeper_ident = started.note(keeper)
+    assert keeper_ident is not None
+    daemon = _start_tagged_daemon_without_subreaper(started, keeper, pidfile, command)
+    time.sleep(1.5)  # more than one look for tagged processes
+    assert is_alive(*keeper_ident), "the keeper left its tagged daemon unwatched"
+    took = kill_kernel_and_wait(kernel, [daemon, keeper_ident])
+    assert took < 3 + GRACE
+
+
+def test_no_subreaper_keeper_exits_once_the_tagged_daemon_is_gone(
+    started: Started, lifeline: tuple[int, int], tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "daemon.pid"
+    kp = kept(started, lifeline, [SH, "-c", TAGGED_DAEMON, "daemon", str(pidfile)], subreaper=False)
+    assert kp.subreaper is False
+    daemon = _start_tagged_daemon_without_subreaper(started, kp.keeper.pid, pidfile)
+    assert read_events(kp.status_fd, 10, until="exited") == [{"event": "exited", "returncode": 0}]
+    time.sleep(1.5)
+    assert kp.keeper.poll() is None, "the keeper left its tagged daemon unwatched"
+    kill_by_identity([daemon])
+    t0 = time.monotonic()
+    assert kp.keeper.wait(timeout=10) == 0
+    took = time.monotonic() - t0
+    assert took < 2.5, f"the keeper took {took:.1f} s to notice its daemon was gone"
+    assert read_events(kp.status_fd, 5) == []  # EOF, no teardown
 
 
 # --- pieces -------------------------------------------------------------------------------

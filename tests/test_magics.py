@@ -349,7 +349,8 @@ def test_terminal_ipython_with_config_file(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, env={**os.environ, "TERM": "dumb"},
     )
     assert out.returncode == 0, out.stderr
-    assert re.search(r"t1: pid \d+ running", out.stdout), out.stdout
+    # the status line comes right after the launch; a quick echo may be done by then
+    assert re.search(r"t1: pid \d+ (running|exited 0)", out.stdout), out.stdout
     assert "grace 0.25" in out.stdout and "from-t1" in out.stdout, out.stdout
 
 

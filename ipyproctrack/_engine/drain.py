@@ -71,7 +71,8 @@ class RotatingLog:
             self.error = f"cannot write log {self.path}: {exc.strerror}"
 
     def _rotate(self) -> None:
-        os.close(self._fd)
+        fd, self._fd = self._fd, -1  # never keep a closed number: it may be reused by now
+        os.close(fd)
         if self.backups != 0:
             last = self.backups
             if last < 0:  # unlimited: shift every existing backup up by one
@@ -100,9 +101,10 @@ class RotatingLog:
         return [*reversed(found), self.path]
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 @dataclass(eq=False)
@@ -199,6 +201,8 @@ class OutputSink:
             self._subscribers.append(sub)
         threading.Thread(target=self._deliver, args=(sub,), daemon=True,
                          name="ipyproctrack-subscriber").start()
+        if self._closed:
+            sub.wake.set()  # nothing more will come: let the thread end
 
         def unsubscribe() -> None:
             with self._lock:
@@ -221,7 +225,7 @@ class OutputSink:
                     note = f"[ipyproctrack: {sub.dropped} bytes skipped, subscriber too slow]\n"
                     batch.insert(0, OutputChunk(DROPPED, note.encode()))
                     sub.dropped = 0
-                done = not sub.active or (self._closed and not batch)
+                done = not sub.active or self._closed  # a last batch still goes out below
             if batch and sub.active:
                 with contextlib.suppress(Exception):  # a broken subscriber harms no other
                     sub.callback(batch)

@@ -152,11 +152,20 @@ def _alive(ident: ProcId) -> bool:
 
 def group_is_ours(target: Target, snap: dict[int, plat.ProcRecord]) -> bool:
     """A group/session id stays reserved while any member lives, so it is ours when the
-    pid that named it is gone or still holds our root; a recycled pid means it is not."""
-    if not plat.HAS_GROUPS or target.group is None or target.root is None:
+    pid that named it is gone or still holds its leader (our root, or our keeper); a
+    recycled pid means it is not."""
+    if target.group is None:
+        return False
+    leader = next((p for p in (target.root, *target.helpers)
+                   if p is not None and p.pid == target.group), None)
+    if leader is None:
         return False
     rec = snap.get(target.group)
-    return rec is None or plat.same_time(rec.create_time, target.root.create_time)
+    return rec is None or plat.same_time(rec.create_time, leader.create_time)
+
+
+def _helper_led(target: Target) -> bool:
+    return any(h.pid == target.group for h in target.helpers)
 
 
 def discover(
@@ -167,8 +176,15 @@ def discover(
 ) -> dict[int, tuple[Target, plat.ProcRecord, str]]:
     """Each live process that belongs to a target: its descendants, its group, its tag."""
     children: dict[int, list[int]] = {}
-    for rec in snap.values():
+    by_group: dict[int, list[plat.ProcRecord]] = {}
+    by_tag: dict[str, list[plat.ProcRecord]] = {}
+    for rec in snap.values():  # one pass; each target then looks up only its own
         children.setdefault(rec.ppid, []).append(rec.pid)
+        by_group.setdefault(rec.pgid, []).append(rec)
+        if rec.sid != rec.pgid:
+            by_group.setdefault(rec.sid, []).append(rec)
+        if rec.process_tag is not None:
+            by_tag.setdefault(rec.process_tag, []).append(rec)
     found: dict[int, tuple[Target, plat.ProcRecord, str]] = {}
 
     def add(t: Target, rec: plat.ProcRecord, how: str) -> None:
@@ -188,13 +204,11 @@ def discover(
             for child in children.get(stack.pop(), ()):
                 add(t, snap[child], FOUND_TREE)
                 stack.append(child)
-        if group_is_ours(t, snap):
-            for rec in snap.values():
-                if t.group in (rec.pgid, rec.sid):
-                    add(t, rec, FOUND_GROUP)
-        for rec in snap.values():
-            if rec.process_tag is not None and rec.process_tag == t.tag:
-                add(t, rec, FOUND_TAG)
+        if t.group is not None and group_is_ours(t, snap):
+            for rec in by_group.get(t.group, ()):
+                add(t, rec, FOUND_GROUP)
+        for rec in by_tag.get(t.tag, ()):
+            add(t, rec, FOUND_TAG)
     return found
 
 
@@ -258,12 +272,12 @@ class _Teardown:
         for t in self.targets:
             if t.group is None:
                 continue
+            if which == "kill" and _helper_led(t) and plat.HAS_SUBREAPER:
+                continue  # the keeper must outlive the tree: orphans re-parent to it
             rec = plat.get_record(t.group)
             live = {} if rec is None else {t.group: rec}
             # killpg is atomic against forks racing the scan, but only while the group is ours.
-            if group_is_ours(t, live) and any(
-                m.target is t and m.ended_by is None for m in self.members.values()
-            ):
+            if group_is_ours(t, live):
                 plat.signal_group(t.group, which)
 
     def pending(self) -> list[_Member]:

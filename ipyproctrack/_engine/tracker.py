@@ -36,7 +36,15 @@ from .._errors import (
     UnknownProcessError,
 )
 from .drain import STDERR, STDOUT, OutputChunk, OutputSink, RotatingLog
-from .teardown import CleanupReport, ProcessInfo, ProcId, Target, run_teardown, tree_of
+from .teardown import (
+    CleanupReport,
+    ProcessInfo,
+    ProcId,
+    Target,
+    discover,
+    run_teardown,
+    tree_of,
+)
 
 if TYPE_CHECKING:
     from .ready import ReadinessCheck
@@ -140,6 +148,24 @@ class TrackedProcess:
         """True while the root command runs (its tree may outlive it: see tree())."""
         return self.returncode is None
 
+    def has_live_tree(self) -> bool:
+        """True while the root or anything of its tree lives (a launcher such as
+        ``pg_ctl start`` exits 0 and leaves its server running)."""
+        if self.returncode is None:
+            return True
+        if self._helpers and self._popen.poll() is not None:
+            return False  # the keeper exits once its subtree is empty: a cheap answer
+        return bool(self.tree())
+
+    @property
+    def output_done(self) -> bool:
+        """True once stdout and stderr are closed and every byte is in the log and tail."""
+        return self._drained.is_set()
+
+    def wait_output_done(self, timeout: float | None = None) -> bool:
+        """Block until output_done; False on timeout."""
+        return self._drained.wait(timeout)
+
     # --- output -----------------------------------------------------------------------------
     @property
     def output_version(self) -> int:
@@ -171,7 +197,8 @@ class TrackedProcess:
         return self._sink.subscribe(callback)
 
     def on_exit(self, callback: Callable[[TrackedProcess], None]) -> None:
-        """Call ``callback(self)`` once the root exits (at once if it already has)."""
+        """Call ``callback(self)`` once the root exits, on a thread of its own (at once, on
+        the caller's thread, if it already has)."""
         with self.tracker._lock:
             if not self._exited.is_set():
                 self._exit_callbacks.append(callback)
@@ -209,9 +236,9 @@ class TrackedProcess:
             name=self.name,
             root=ProcId(self.pid, self.create_time),
             tag=self.tag,
-            # A kept tree is found through its keeper (the subreaper); the keeper leads the
-            # group, and a group SIGKILL would kill it before its orphans are swept.
-            group=self.pid if plat.HAS_GROUPS and not self._helpers else None,
+            # Each launch leads a new group: the keeper's when there is one (it ignores the
+            # group SIGTERM and is spared the group SIGKILL), else the root's.
+            group=self._helpers[0].pid if self._helpers else self.pid,
             helpers=self._helpers,
             reap=self._reap,
             root_exited=self.returncode is not None and not self.stopped,
@@ -226,8 +253,15 @@ class TrackedProcess:
             self.returncode = returncode
             self._exited.set()
             callbacks, self._exit_callbacks = self._exit_callbacks, []
+        if callbacks:  # off the loop thread: a listener may start, stop or block
+            threading.Thread(
+                target=self._run_exit_callbacks, args=(callbacks,), daemon=True,
+                name="ipyproctrack-on-exit",
+            ).start()
+
+    def _run_exit_callbacks(self, callbacks: list[Callable[[TrackedProcess], None]]) -> None:
         for cb in callbacks:
-            with contextlib.suppress(Exception):  # a broken listener must not stop the loop
+            with contextlib.suppress(Exception):  # a broken listener harms no other
                 cb(self)
 
 
@@ -262,6 +296,7 @@ class Tracker(AbstractContextManager["Tracker"]):
         self.closed = False
         self._owner_pid = os.getpid()  # a forked child inherits this object, not its processes
         self._lock = threading.RLock()
+        self._start_lock = threading.RLock()
         self._procs: dict[str, TrackedProcess] = {}
         self._counter = itertools.count(1)
         self._name_counts: dict[str, int] = {}
@@ -304,43 +339,58 @@ class Tracker(AbstractContextManager["Tracker"]):
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
         replace: bool = False,
+        replace_grace: float | None = None,
         ready: ReadySpec = None,
         ready_timeout: float = 30.0,
+        on_launched: Callable[[TrackedProcess], None] | None = None,
     ) -> TrackedProcess:
         """Start ``command`` in its own session, tagged, with its output drained at once.
 
-        A str is run by bash (or sh); a list is executed as it is. With ``ready``, block
-        until the checks pass (see wait_ready). Raises LaunchError before anything runs
-        when the command, its directory or the name cannot be used."""
-        if self.closed:
-            raise TrackerClosedError("this Tracker is closed; create a new one")
-        if self._foreign():
-            raise TrackerClosedError(self._foreign_message())
+        A str is run by bash (or sh); a list is executed as it is. A name whose tree still
+        runs is a NameInUseError, unless ``replace=True`` stops that tree first (with
+        ``replace_grace``, default the Tracker's grace). ``on_launched(proc)`` runs once the
+        process exists, before any readiness wait. With ``ready``, block until the checks
+        pass (see wait_ready). Raises LaunchError before anything runs when the command,
+        its directory or the name cannot be used."""
         argv, display = _argv_of(command)
         workdir = _checked_cwd(cwd)
         full_env = self._child_env(env)
         _check_executable(command, argv, full_env, workdir)
         checks = _as_checks(ready)
-        with self._lock:
-            name = self._pick_name(name, argv if isinstance(command, str) else list(command))
-            old = self._procs.get(name)
-        if old is not None and old.is_running():
-            if not replace:
-                raise NameInUseError(
-                    f"{name!r} is still running (pid {old.pid}); stop it first or use replace=True"
-                )
-            old.stop()
-        self._check_ports(checks)
-        proc = self._launch(argv, display, name=name, cwd=workdir, env=full_env)
-        if checks:
-            proc._checks = checks
-            proc.ready_state = "starting"
-            for check in checks:
-                check.prepare(proc)
-        self._portal_start(proc)
+        # One launch at a time: two starts of one name, or a close() racing a start, must
+        # never leave a tree that the registry has forgotten.
+        with self._start_lock:
+            self._check_open()
+            with self._lock:
+                name = self._pick_name(name, argv if isinstance(command, str) else list(command))
+                old = self._procs.get(name)
+            if old is not None and old.has_live_tree():
+                if not replace:
+                    what = ("is still running" if old.is_running()
+                            else f"exited {old.returncode} but its tree still runs")
+                    raise NameInUseError(
+                        f"{name!r} {what} (pid {old.pid}); stop it first or use replace=True"
+                    )
+                old.stop(grace=replace_grace)
+            self._check_ports(checks)
+            proc = self._launch(argv, display, name=name, cwd=workdir, env=full_env)
+            if checks:
+                proc._checks = checks
+                proc.ready_state = "starting"
+                for check in checks:
+                    check.prepare(proc)
+            self._portal_start(proc)
+        if on_launched is not None:
+            on_launched(proc)
         if checks:
             self._wait_ready(proc, ready_timeout)
         return proc
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise TrackerClosedError("this Tracker is closed; create a new one")
+        if self._foreign():
+            raise TrackerClosedError(self._foreign_message())
 
     async def astart(
         self,
@@ -350,13 +400,16 @@ class Tracker(AbstractContextManager["Tracker"]):
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
         replace: bool = False,
+        replace_grace: float | None = None,
         ready: ReadySpec = None,
         ready_timeout: float = 30.0,
+        on_launched: Callable[[TrackedProcess], None] | None = None,
     ) -> TrackedProcess:
         """start() on a worker thread, so the caller's event loop keeps running."""
         return await anyio.to_thread.run_sync(
             partial(self.start, command, name=name, cwd=cwd, env=env, replace=replace,
-                    ready=ready, ready_timeout=ready_timeout)
+                    replace_grace=replace_grace, ready=ready, ready_timeout=ready_timeout,
+                    on_launched=on_launched)
         )
 
     def _child_env(self, env: Mapping[str, str] | None) -> dict[str, str]:
@@ -430,8 +483,12 @@ class Tracker(AbstractContextManager["Tracker"]):
         helpers: tuple[ProcId, ...] = ()
         if kept is not None:
             pid = kept.pid
-            rec = plat.get_record(pid)
-            ctime = rec.create_time if rec else plat.time_from_boot(kept.start_time)
+            # The keeper read the start time before anyone could reap the command, so it
+            # cannot belong to a recycled pid; a fresh read is only the fallback.
+            ctime = plat.create_time_from_start(kept.start_time)
+            if ctime is None:
+                rec = plat.get_record(pid)
+                ctime = rec.create_time if rec else time.time()
             keeper_rec = plat.get_record(popen.pid)
             helpers = (ProcId(popen.pid, keeper_rec.create_time if keeper_rec else 0.0),)
         else:
@@ -486,26 +543,29 @@ class Tracker(AbstractContextManager["Tracker"]):
                 tg.start_soon(_drain, proc._sink, err_fd, STDERR)
                 tg.start_soon(_watch_exit, proc)
         finally:
-            proc._sink.close()
-            proc._drained.set()
+            try:
+                proc._sink.close()
+            finally:
+                proc._drained.set()
 
     # --- readiness --------------------------------------------------------------------------
     def _check_ports(self, checks: Sequence[ReadinessCheck]) -> None:
-        if not any(c.port for c in checks):
-            return
-        from .ports import check_port_free
+        """A taken port fails before anything starts, naming its holder (and, when it is
+        one of ours, its tracked name). Scans only when a port is taken."""
+        from .ports import check_port_free, port_holder
 
-        owners: dict[int, str] = {}
-        for p in self.processes():
-            if p.is_running() or p.returncode is not None:
-                for info in p.tree():
-                    owners[info.pid] = p.name
         for c in checks:
-            if c.port:
-                check_port_free(c.port, c.host, owners=owners)
+            if c.port and port_holder(c.port, c.host) is not None:
+                check_port_free(c.port, c.host, owners=self._owners())
+
+    def _owners(self) -> dict[int, str]:
+        """pid -> tracked name for every live member of every tree, from one scan."""
+        procs = self.processes()
+        found = discover([p._target() for p in procs], plat.scan_processes(), exclude=set())
+        return {pid: t.name for pid, (t, _, _) in found.items()}
 
     def _wait_ready(self, proc: TrackedProcess, timeout: float) -> float:
-        from .ready import wait_until_ready
+        from .ready import close_checks, wait_until_ready
 
         if not proc._checks:
             return 0.0
@@ -517,17 +577,17 @@ class Tracker(AbstractContextManager["Tracker"]):
             seconds = future.result()
         except NotReadyError:
             proc.ready_state = "failed"
+            close_checks(proc._checks)
             proc.stop()
             raise
         except BaseException:
             # Interrupted (KeyboardInterrupt): stop waiting; the process runs on, as an
-            # interrupt must never stop a tracked process.
+            # interrupt must never stop a tracked process, and wait_ready() may be called
+            # again, so the checks stay armed.
             future.cancel()
             proc.ready_state = None
             raise
-        finally:
-            for c in proc._checks:
-                c.close()
+        close_checks(proc._checks)
         proc.ready_state, proc.ready_seconds = "ready", seconds
         return float(seconds)
 
@@ -567,7 +627,7 @@ class Tracker(AbstractContextManager["Tracker"]):
 
     def close(self, *, grace: float | None = None) -> CleanupReport:
         """Tear down every tree and stop the background loop. Idempotent; never raises."""
-        with self._lock:
+        with self._start_lock, self._lock:
             if self.closed:
                 return CleanupReport()
             self.closed = True
@@ -587,6 +647,10 @@ class Tracker(AbstractContextManager["Tracker"]):
             except Exception as exc:  # closing must not raise; say what went wrong
                 report.messages.append(f"stopping the drain loop failed: {exc}")
         self._close_lifeline()
+        for job in self._containers.values():  # Windows: closing a job kills what is left
+            if job is not None:
+                job.close()
+        self._containers.clear()
         _live_trackers.discard(self)
         return report
 

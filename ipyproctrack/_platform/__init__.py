@@ -17,8 +17,6 @@ from ._common import (
 IS_LINUX = sys.platform.startswith("linux")
 IS_WINDOWS = sys.platform == "win32"
 IS_POSIX = not IS_WINDOWS
-# Process groups (and sessions) exist, so a whole group can be signalled and swept.
-HAS_GROUPS = IS_POSIX
 # Only Linux can make orphans re-parent to one of our processes (PR_SET_CHILD_SUBREAPER).
 HAS_SUBREAPER = IS_LINUX
 # POSIX launches go through a keeper process of ours (ipyproctrack/_keeper.py): the
@@ -37,7 +35,6 @@ if IS_WINDOWS:
         open_exit_waiter,
         popen_kwargs,
         scan_processes,
-        scan_tags,
         send_signal,
         shell_argv,
         signal_group,
@@ -46,15 +43,14 @@ elif IS_LINUX:
     from .linux import (
         DISCOVERY,
         command_of,
+        create_time_from_start,
         enlarge_pipe,
         get_record,
         open_exit_waiter,
         scan_processes,
-        scan_tags,
         send_signal,
-        time_from_boot,
     )
-    from .posix import popen_kwargs, shell_argv, signal_group
+    from .posix import contain, popen_kwargs, shell_argv, signal_group
 else:
     from .posix import (
         DISCOVERY,
@@ -65,7 +61,6 @@ else:
         open_exit_waiter,
         popen_kwargs,
         scan_processes,
-        scan_tags,
         send_signal,
         shell_argv,
         signal_group,
@@ -76,17 +71,14 @@ if IS_POSIX:
 
 if not IS_LINUX:
 
-    def time_from_boot(seconds: float) -> float:
-        """Only Linux reports start times relative to boot; elsewhere: now."""
-        import time
-
-        return time.time()
+    def create_time_from_start(seconds: float) -> float | None:
+        """Only Linux keepers report start times we can turn into create times."""
+        return None
 
 
 __all__ = [
     "ASYNC_PIPES",
     "DISCOVERY",
-    "HAS_GROUPS",
     "HAS_SUBREAPER",
     "IS_LINUX",
     "IS_POSIX",
@@ -100,6 +92,7 @@ __all__ = [
     "Signal",
     "command_of",
     "contain",
+    "create_time_from_start",
     "enlarge_pipe",
     "get_record",
     "make_lifeline",
@@ -108,10 +101,8 @@ __all__ = [
     "read_status_events",
     "same_time",
     "scan_processes",
-    "scan_tags",
     "send_signal",
     "shell_argv",
     "signal_group",
     "spawn_kept",
-    "time_from_boot",
 ]

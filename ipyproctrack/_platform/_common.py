@@ -46,12 +46,3 @@ class Containment(Protocol):
 def by_pid(records: Iterable[ProcRecord | None]) -> dict[int, ProcRecord]:
     """A scan's records keyed by pid, the unreadable ones left out."""
     return {r.pid: r for r in records if r is not None}
-
-
-def tags_of(records: dict[int, ProcRecord]) -> dict[int, tuple[str | None, str | None]]:
-    """Only the tagged processes of a scan, with their (session, process) tags."""
-    return {
-        pid: (r.session_tag, r.process_tag)
-        for pid, r in records.items()
-        if r.session_tag or r.process_tag
-    }

@@ -28,9 +28,10 @@ def _boot_time() -> float:
 _BOOT_TIME = _boot_time()
 
 
-def time_from_boot(seconds: float) -> float:
-    """A start time in seconds since boot, as the epoch time every scan uses."""
-    return _BOOT_TIME + seconds
+def create_time_from_start(seconds: float) -> float | None:
+    """A start time in seconds since boot (the keeper's report), as the epoch create time
+    every scan uses; None when the keeper could not tell."""
+    return _BOOT_TIME + seconds if seconds > 0 else None
 
 
 def _read(path: str, size: int = 1 << 16) -> bytes:
@@ -97,17 +98,6 @@ def scan_processes(*, with_tags: bool = True) -> dict[int, ProcRecord]:
         rec = get_record(pid, with_tags=with_tags)
         if rec is not None:
             out[pid] = rec
-    return out
-
-
-def scan_tags() -> dict[int, tuple[str | None, str | None]]:
-    """Only the tags: the environment of every process we may read."""
-    out: dict[int, tuple[str | None, str | None]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            tags = read_tags(int(name))
-            if tags != (None, None):
-                out[int(name)] = tags
     return out
 
 

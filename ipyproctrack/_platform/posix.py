@@ -16,7 +16,6 @@ from ._common import (
     Signal,
     by_pid,
     same_time,
-    tags_of,
 )
 
 try:
@@ -88,10 +87,6 @@ def scan_processes(*, with_tags: bool = True) -> dict[int, ProcRecord]:
     if psutil is None:
         return {}
     return by_pid(_psutil_record(p, with_tags) for p in psutil.process_iter())
-
-
-def scan_tags() -> dict[int, tuple[str | None, str | None]]:
-    return tags_of(scan_processes())
 
 
 def command_of(pid: int) -> str:

@@ -19,7 +19,6 @@ from ._common import (
     Signal,
     by_pid,
     same_time,
-    tags_of,
 )
 
 try:
@@ -39,7 +38,8 @@ def shell_argv(script: str) -> list[str]:
 
 
 def signal_group(pgid: int, which: Signal) -> SendResult:
-    """CTRL_BREAK_EVENT reaches the whole console process group; there is no group SIGKILL."""
+    """CTRL_BREAK_EVENT reaches the whole console process group (the root was started with
+    CREATE_NEW_PROCESS_GROUP, so its pid names one); there is no group SIGKILL."""
     if which != "term":
         return "gone"
     try:
@@ -70,10 +70,6 @@ def scan_processes(*, with_tags: bool = True) -> dict[int, ProcRecord]:
     return by_pid(get_record(p.pid, with_tags=with_tags) for p in psutil.process_iter())
 
 
-def scan_tags() -> dict[int, tuple[str | None, str | None]]:
-    return tags_of(scan_processes())
-
-
 def command_of(pid: int) -> str:
     if psutil is None:
         return ""
@@ -84,16 +80,17 @@ def command_of(pid: int) -> str:
 
 
 def send_signal(pid: int, create_time: float, which: Signal) -> SendResult:
-    """Graceful: CTRL_BREAK to the process's group; kill: TerminateProcess."""
+    """Windows has no graceful signal for one process: CTRL_BREAK_EVENT goes to a whole
+    console group (signal_group, sent to the root's group), and sending it to a pid that
+    leads no group reaches every process on the console, the kernel included. So "term"
+    only checks the identity here; "kill" is TerminateProcess."""
     if psutil is None:
         return "gone"
     try:
         p = psutil.Process(pid)
         if not same_time(p.create_time(), create_time):
             return "gone"
-        if which == "term":
-            p.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined,unused-ignore]
-        else:
+        if which == "kill":
             p.kill()
     except psutil.NoSuchProcess:
         return "gone"
