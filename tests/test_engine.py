@@ -485,3 +485,12 @@ def test_close_racing_a_start_leaves_nothing(tracker: Tracker) -> None:
     starter.join(10)
     assert tracker.closed
     assert all(not p.has_live_tree() for p in tracker.processes())
+
+
+def test_trees_of_every_process_from_one_scan(tracker: Tracker) -> None:
+    a = tracker.start("sleep 60 & sleep 60", name="a")
+    b = tracker.start("sleep 60", name="b")
+    assert _wait_for(lambda: len(a.tree()) == 3)
+    trees = tracker.trees()
+    assert {k: len(v) for k, v in trees.items()} == {"a": 3, "b": 1}
+    assert [i.pid for i in trees["b"]] == [b.pid]

@@ -214,13 +214,19 @@ def discover(
 
 def tree_of(target: Target) -> list[ProcessInfo]:
     """The live members of one tracked tree (helpers left out)."""
+    return trees_of([target])[target.name]
+
+
+def trees_of(targets: Sequence[Target]) -> dict[str, list[ProcessInfo]]:
+    """The live members of several trees, from one scan: name -> members."""
     snap = plat.scan_processes(with_tags=True)
-    helpers = {h.pid for h in target.helpers}
-    found = discover([target], snap, exclude=_protected() | helpers)
-    return [
-        ProcessInfo(pid, rec.create_time, rec.ppid, _one_line(plat.command_of(pid)), how)
-        for pid, (_, rec, how) in sorted(found.items())
-    ]
+    helpers = {h.pid for t in targets for h in t.helpers}
+    found = discover(targets, snap, exclude=_protected() | helpers)
+    out: dict[str, list[ProcessInfo]] = {t.name: [] for t in targets}
+    for pid, (t, rec, how) in sorted(found.items()):
+        command = _one_line(plat.command_of(pid))
+        out[t.name].append(ProcessInfo(pid, rec.create_time, rec.ppid, command, how))
+    return out
 
 
 @dataclass

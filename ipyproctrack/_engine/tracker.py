@@ -44,6 +44,7 @@ from .teardown import (
     discover,
     run_teardown,
     tree_of,
+    trees_of,
 )
 
 if TYPE_CHECKING:
@@ -329,6 +330,10 @@ class Tracker(AbstractContextManager["Tracker"]):
     def processes(self) -> list[TrackedProcess]:
         with self._lock:
             return list(self._procs.values())
+
+    def trees(self) -> dict[str, list[ProcessInfo]]:
+        """Every tracked tree's live members, from one scan: name -> members."""
+        return trees_of([p._target() for p in self.processes()])
 
     # --- launch -----------------------------------------------------------------------------
     def start(
