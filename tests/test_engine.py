@@ -494,3 +494,33 @@ def test_trees_of_every_process_from_one_scan(tracker: Tracker) -> None:
     trees = tracker.trees()
     assert {k: len(v) for k, v in trees.items()} == {"a": 3, "b": 1}
     assert [i.pid for i in trees["b"]] == [b.pid]
+
+
+def test_a_readiness_check_that_breaks_leaves_nothing(tracker: Tracker) -> None:
+    from ipyproctrack import ReadinessCheck
+
+    class Broken(ReadinessCheck):
+        def describe(self) -> str:
+            return "broken"
+
+        def prepare(self, proc: object) -> None:
+            raise RuntimeError("prepare failed")
+
+        async def check(self, proc: object) -> bool:
+            return False
+
+    with pytest.raises(RuntimeError, match="prepare failed"):
+        tracker.start("echo hi; exec sleep 60", name="b", ready=Broken())
+    proc = tracker.get("b")
+    assert proc.stopped and proc.wait(5) is not None
+    assert proc.wait_output_done(5) and "hi" in proc.tail()
+    assert proc.tree() == []
+
+
+def test_a_stopped_process_reads_stopped_as_soon_as_it_exits(tracker: Tracker) -> None:
+    states: list[str] = []
+    proc = tracker.start("exec sleep 60", name="s")
+    proc.on_exit(lambda p: states.append(p.state))
+    proc.stop(grace=1.0)
+    assert _wait_for(lambda: bool(states))
+    assert states == ["stopped"]

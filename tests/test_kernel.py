@@ -10,6 +10,7 @@ scenarios share one module-scoped kernel and clean up after themselves.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -45,10 +46,24 @@ def kernel() -> Iterator[Kernel]:
 # ----------------------------------------------------------------------------- kernel endings
 
 
+#: the trigger of design.md fact 3 that each kernel ending must fire
+TRIGGERS = {"shutdown": "do_shutdown", "restart": "do_shutdown", "sigterm": "SIGTERM"}
+
+
+def _kernel_end_record(log_dir: Path, timeout: float = 5.0) -> str:
+    """What the kernel's own teardown wrote (the keeper's watchdog writes nothing)."""
+    path = log_dir / "ipyproctrack-kernel-end.txt"
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return path.read_text() if path.exists() else ""
+
+
 @pytest.mark.parametrize("ending", ["cleanup", "shutdown", "restart", "sigterm"])
 def test_nasty_tree_gone_after(ending: str, kernel: Kernel, tmp_path: Path) -> None:
     command, pidfile = start_nasty(tmp_path)
     kernel.ok(f"%%tracked nasty\n{command}\n")
+    log_dir = Path(kernel.value("str(__import__('ipyproctrack').notebook_tracker().log_dir)"))
     wait_nasty_ready(pidfile)
     members = read_nasty_pids(pidfile)
     pairs = [(pid, ctime) for role, pid, ctime in members if role != "zombie"]
@@ -68,6 +83,15 @@ def test_nasty_tree_gone_after(ending: str, kernel: Kernel, tmp_path: Path) -> N
     took = time.monotonic() - started
     print(f"{ending}: {len(pairs)} processes gone in {took:.2f} s")
     assert left == [], f"{len(left)} of {len(pairs)} still alive after {ending}: {left}"
+    if ending in TRIGGERS:
+        # The kernel's own hook did it, in time; the keeper's watchdog would clean up too,
+        # so "all gone" alone would not prove that the hook works.
+        record = _kernel_end_record(log_dir)
+        match = re.match(r"kernel end by (\S+): teardown took ([\d.]+) s", record)
+        assert match, f"no kernel-end record: {record!r}"
+        assert match.group(1) == TRIGGERS[ending], record
+        assert float(match.group(2)) < 2.0, record
+        assert "nasty:" in record and "all gone" in record, record
 
     if ending == "sigterm":
         process = kernel.km.provisioner.process  # type: ignore[union-attr]
@@ -129,7 +153,7 @@ def test_widget_updates_while_a_cell_blocks(shared: Kernel) -> None:
     shared.ok(TICKER)
     result = shared.ok("import time; time.sleep(3)")
     comm = result.of("comm_msg")
-    tails = [(t, v) for t, v in _updates(result) if "<pre" in v and "tick" in v]
+    tails = [(t, v) for t, v in _updates(result) if "<pre" in v and re.search(r"tick \d+", v)]
     ticks = [max(int(n) for n in re.findall(r"tick (\d+)", v)) for _, v in tails]
     print(f"{len(comm)} comm messages during a 3 s sleep; tail updates carried ticks {ticks}")
     assert len(tails) >= 5, f"only {len(tails)} tail updates in 3 s"
@@ -151,36 +175,48 @@ pad = "x" * 80
 n = 0
 while True:
     n += 1
-    sys.stdout.write("".join(f"flood{i} {{n}}.{{k}} {{pad}}\\n" for k in range(400)))
+    sys.stdout.write("".join(f"flood{i} {{n}}.{{k}} {{pad}}\\n" for k in range({lines})))
     sys.stdout.flush()
     sys.stderr.write(f"flood{i} err {{n}}\\n")
     time.sleep(0.02)
 '
 """
+SESSION = "__import__('ipyproctrack')._notebook.current_session()"
 
 
 def test_flooding_processes_stay_within_message_budget(shared: Kernel) -> None:
-    for i in range(4):
-        shared.ok(FLOODER.format(i=i))
-    result = shared.ok("import time; time.sleep(4)")
+    """Twelve widgets at 5 Hz want about 70 messages a second (a new tail each tick and a
+    header each second): the session's budget must hold some back, and iopub never sees
+    more than the bound in any one second. Four of them write about 2 MB/s each."""
+    count = 12
+    shared.ok("%config ProcTrackConfig.refresh_hz = 5")
+    try:
+        for i in range(count):
+            shared.ok(FLOODER.format(i=i, lines=400 if i < 4 else 5))
+        deferred0 = shared.value(f"{SESSION}.refresher.budget.deferred")
+        result = shared.ok("import time; time.sleep(4)")
+        deferred = shared.value(f"{SESSION}.refresher.budget.deferred") - deferred0
+    finally:
+        shared.ok("%config ProcTrackConfig.refresh_hz = 4")
     times = sorted(m["received"] for m in result.of("comm_msg"))
     assert times, "no widget messages at all"
-    span = max(times[-1] - times[0], 1e-9)
     worst = max(sum(1 for t in times if s <= t < s + 1.0) for s in times)
     rate = len(times) / 4.0
     per_widget = {i: sum(1 for _, v in _updates(result) if f"flood{i} " in v and "<pre" in v)
-                  for i in range(4)}
+                  for i in range(count)}
     written = shared.value("sum(p.bytes_received for p in "
                            "__import__('ipyproctrack')._notebook.current_tracker().processes() "
                            "if p.name.startswith('flood'))")
     print(f"flood: {len(times)} comm messages in 4 s ({rate:.1f}/s mean, worst 1 s window "
-          f"{worst}, span {span:.2f} s); tail updates per widget {per_widget}; "
-          f"{written / 1e6:.1f} MB drained in total")
+          f"{worst}); {deferred} deferred by the budget; tail updates per widget "
+          f"{per_widget}; {written / 1e6:.1f} MB drained in total")
+    assert deferred > 0  # the budget really was the limit
     assert worst <= MAX_WIDGET_MESSAGES_PER_SECOND
     assert rate <= MAX_WIDGET_MESSAGES_PER_SECOND
     assert all(n >= 3 for n in per_widget.values()), per_widget  # every widget kept updating
-    out = shared.ok("%proctrack_cleanup flood0 flood1 flood2 flood3").text()
-    assert out.count("all gone") == 4, out
+    names = " ".join(f"flood{i}" for i in range(count))
+    out = shared.ok(f"%proctrack_cleanup {names}").text()
+    assert out.count("all gone") == count, out
 
 
 def test_rerunning_a_cell_leaves_one_tree(shared: Kernel) -> None:
@@ -266,3 +302,19 @@ def test_interrupting_a_readiness_wait_keeps_the_process(shared: Kernel) -> None
     )
     assert state == [True, None]
     assert "all gone" in shared.ok("%proctrack_cleanup slowpoke").text()
+
+
+def test_an_idle_widget_sleeps_and_wakes_on_output(shared: Kernel) -> None:
+    # Every wake costs kernel CPU, so a silent process's widget only moves its coarse clock
+    # (at most every 5 s); new output still shows within a fraction of a second.
+    shared.ok('%%tracked quietly\nsleep 6; echo "woke-up $(date +%s.%N)"; exec sleep 60\n')
+    to_wall = time.time() - time.monotonic()
+    result = shared.ok("import time; time.sleep(9)")
+    updates = [(m["received"] + to_wall, json.dumps(m["content"])) for m in result.of("comm_msg")]
+    woke = [(t, m) for t, c in updates if (m := re.search(r"woke-up (\d+\.\d+)", c))]
+    assert woke, updates  # (the header shows the command too: match the printed time only)
+    written = float(woke[0][1].group(1))
+    assert woke[0][0] - written < 1.0, woke[0][0] - written
+    before = [c for t, c in updates if t < written]
+    assert len(before) <= 3, before  # ~6 silent seconds: the clock moved at most twice
+    assert "all gone" in shared.ok("%proctrack_cleanup quietly").text()

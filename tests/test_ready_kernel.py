@@ -172,6 +172,32 @@ def test_wait_output_matches_a_banner_split_across_two_writes(shared: Kernel) ->
     assert "Listening on port 8123" in shared.value(f"{NB}.get_process('banner').tail(5)")
 
 
+def test_widget_is_live_during_the_wait(shared: Kernel) -> None:
+    """While --wait-output waits, the widget already shows the pid and the lines printed
+    before the banner: comm messages carry them before the cell returns."""
+    cell = textwrap.dedent(
+        """\
+        %%tracked chatty --wait-output 'BANNER up' --timeout 20
+        python3 -u -c '
+        import time
+        for i in range(25):
+            print("early line", i); time.sleep(0.1)
+        print("BANNER up"); time.sleep(60)
+        '
+        """
+    )
+    result = shared.ok(cell)
+    returned = next(m["received"] for m in result.of("update_display_data"))
+    early = [m for m in result.of("comm_msg") if m["received"] < returned]
+    texts = [json.dumps(m["content"].get("data", {}), ensure_ascii=False) for m in early]
+    pid = shared.value(f"{NB}.get_process('chatty').pid")
+    print(f"{len(early)} comm messages before the cell returned")
+    assert any("early line" in t for t in texts), texts  # live output while waiting
+    assert any(f"pid {pid}" in t and "starting…" in t for t in texts), texts
+    shown = [m["content"]["data"].get("text/plain", "") for m in result.of("update_display_data")]
+    assert re.fullmatch(r"chatty: pid \d+ running; ready in \d+\.\d\d s", shown[-1]), shown
+
+
 # ----------------------------------------------------------------------------- 3. timeout
 
 
@@ -273,7 +299,10 @@ def test_taken_port_names_our_own_tracked_holder(shared: Kernel) -> None:
 def test_waiting_costs_next_to_no_cpu(shared: Kernel) -> None:
     port = free_port()
     kernel = psutil.Process(shared.pid)
-    shared.ok("pass")  # let the kernel settle after the previous cell
+    # Warm up first: the first tracked cell of a kernel imports the widget and engine
+    # modules, a one-time cost that is not the cost of waiting.
+    shared.run(f"%%tracked warmup --no-widget --wait-port {port} --timeout 0.5\nsleep 60\n")
+    shared.ok("%proctrack_cleanup")
     cpu0 = kernel.cpu_times()
     started = time.monotonic()
     result = shared.run(f"%%tracked idle --wait-port {port} --timeout 10\nsleep 60\n")

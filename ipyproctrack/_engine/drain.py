@@ -120,8 +120,16 @@ class _Subscriber:
 class OutputSink:
     """Fed by the drain loop (one thread); read from any thread."""
 
-    def __init__(self, log: RotatingLog, *, tail_bytes: int, tail_lines: int) -> None:
+    def __init__(
+        self,
+        log: RotatingLog,
+        *,
+        tail_bytes: int,
+        tail_lines: int,
+        on_output: Callable[[], None] | None = None,
+    ) -> None:
         self.log = log
+        self._on_output = on_output
         self.tail_bytes = max(tail_bytes, 1024)
         self.tail_lines = max(tail_lines, 1)
         self.version = 0
@@ -146,6 +154,8 @@ class OutputSink:
             chunk = OutputChunk(stream, data)
             for sub in subs:
                 self._offer(sub, chunk)
+        if self._on_output is not None:
+            self._on_output()
 
     def _trim_bytes(self) -> None:
         # Whole reads only: cheap enough for the hot path (no line counting here).

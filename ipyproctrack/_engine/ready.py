@@ -57,6 +57,7 @@ __all__ = [
 # One attempt of a network check never takes longer than this (the deadline may cut it
 # shorter). Connections to a loopback port are refused or accepted at once.
 _ATTEMPT_TIMEOUT = 2.0
+_LOOPBACK_BLOCK = 0.05
 _FIRST_DELAY = 0.01
 _MAX_DELAY = 0.4  # each wake costs ~1 ms of CPU on a VM: few, cheap attempts
 # After the root command exits, keep polling this long before giving up: the drain may
@@ -160,8 +161,14 @@ async def _connect(host: str, port: int) -> anyio.abc.SocketStream | None:
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
-        sock.setblocking(False)
+        if _is_loopback(host):
+            # Loopback answers at once (accepted or refused): a connect that may block for
+            # a few milliseconds at most saves a wake of the loop per try.
+            sock.settimeout(_LOOPBACK_BLOCK)
+        else:
+            sock.setblocking(False)
         err = sock.connect_ex(address)
+        sock.setblocking(False)
         if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
             with anyio.move_on_after(_ATTEMPT_TIMEOUT):
                 await anyio.wait_writable(sock)

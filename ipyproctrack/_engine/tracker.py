@@ -254,6 +254,7 @@ class TrackedProcess:
             self.returncode = returncode
             self._exited.set()
             callbacks, self._exit_callbacks = self._exit_callbacks, []
+        self.tracker._changed()
         if callbacks:  # off the loop thread: a listener may start, stop or block
             threading.Thread(
                 target=self._run_exit_callbacks, args=(callbacks,), daemon=True,
@@ -278,7 +279,12 @@ class Tracker(AbstractContextManager["Tracker"]):
         tail_bytes: int = 1 << 20,
         log_max_bytes: int = 50 * 2**20,
         log_backups: int = 10,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
+        """``on_change`` is called, from the drain thread, whenever a tracked process writes
+        output, exits or becomes ready: a cheap wake-up for a display (the widgets use it
+        to sleep while nothing happens). It must not block."""
+        self._on_change = on_change
         self.session_tag = f"{os.getpid()}-{secrets.token_hex(6)}"
         if log_dir is None:
             self.log_dir = Path(tempfile.mkdtemp(prefix=f"ipyproctrack-{self.session_tag}-"))
@@ -379,12 +385,19 @@ class Tracker(AbstractContextManager["Tracker"]):
                 old.stop(grace=replace_grace)
             self._check_ports(checks)
             proc = self._launch(argv, display, name=name, cwd=workdir, env=full_env)
-            if checks:
-                proc._checks = checks
-                proc.ready_state = "starting"
-                for check in checks:
-                    check.prepare(proc)
+            try:
+                if checks:
+                    proc._checks = checks
+                    proc.ready_state = "starting"
+                    for check in checks:
+                        check.prepare(proc)  # before the drain: no output slips past
+            except BaseException:
+                self._portal_start(proc)  # drained even now, and stopped: nothing is left
+                proc.ready_state = "failed"
+                proc.stop()
+                raise
             self._portal_start(proc)
+
         if on_launched is not None:
             on_launched(proc)
         if checks:
@@ -450,6 +463,7 @@ class Tracker(AbstractContextManager["Tracker"]):
             RotatingLog(log_path, max_bytes=self.log_max_bytes, backups=self.log_backups),
             tail_bytes=self.tail_bytes,
             tail_lines=self.tail_lines,
+            on_output=self._on_change,
         )
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -594,6 +608,7 @@ class Tracker(AbstractContextManager["Tracker"]):
             raise
         close_checks(proc._checks)
         proc.ready_state, proc.ready_seconds = "ready", seconds
+        self._changed()
         return float(seconds)
 
     # --- teardown ---------------------------------------------------------------------------
@@ -607,6 +622,11 @@ class Tracker(AbstractContextManager["Tracker"]):
         """cleanup() on a worker thread: the scans stay off the caller's event loop."""
         return await anyio.to_thread.run_sync(partial(self.cleanup, *names, grace=grace))
 
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            with contextlib.suppress(Exception):  # a display's trouble is not ours
+                self._on_change()
+
     def _foreign(self) -> bool:
         return os.getpid() != self._owner_pid
 
@@ -619,13 +639,14 @@ class Tracker(AbstractContextManager["Tracker"]):
             return CleanupReport(messages=[self._foreign_message()])
         grace = self.grace if grace is None else grace
         was_running = [p for p in procs if p.is_running()]
-        report = run_teardown([p._target() for p in procs], grace=grace)
+        targets = [p._target() for p in procs]
+        for p in was_running:  # before any signal: its exit must read "stopped", not a crash
+            p.stopped = True
+        report = run_teardown(targets, grace=grace)
         for p in procs:  # Windows ends the stop sequence with TerminateJobObject
             job = self._containers.get(p.pid)
             if job is not None:
                 job.terminate()
-        for p in was_running:
-            p.stopped = True
         for p in procs:  # let the drain take in the last output before we report
             p._exited.wait(max(0.0, 1.0 - report.duration) if p in was_running else 0)
         return report

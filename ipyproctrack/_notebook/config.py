@@ -6,15 +6,25 @@ Set them with ``%config ProcTrackConfig.grace = 1.0`` in a notebook, or with
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from traitlets import Float, Int, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
-__all__ = ["MAX_REFRESH_HZ", "ProcTrackConfig"]
+__all__ = ["MAX_GRACE", "MAX_REFRESH_HZ", "ProcTrackConfig", "grace_problem"]
 
 #: The widgets never refresh faster than this, whatever the configuration says.
 MAX_REFRESH_HZ = 5.0
+#: The longest grace accepted (seconds): a stop must end, so inf and NaN are refused.
+MAX_GRACE = 600.0
+
+
+def grace_problem(value: float) -> str | None:
+    """Why ``value`` cannot be a grace (None if it can): finite, 0 to MAX_GRACE seconds."""
+    if not math.isfinite(value) or not 0 <= value <= MAX_GRACE:
+        return f"must be a number of seconds from 0 to {MAX_GRACE:g}, not {value:g}"
+    return None
 
 
 class ProcTrackConfig(Configurable):
@@ -23,7 +33,8 @@ class ProcTrackConfig(Configurable):
     grace = Float(
         3.0,
         help="Seconds a tracked tree gets between SIGTERM and SIGKILL in %%proctrack_cleanup, "
-        "the Stop button and a re-run of a %%tracked cell. Kernel shutdown uses at most 1 s.",
+        "the Stop button and a re-run of a %%tracked cell (0 to 600). Kernel shutdown uses "
+        "at most 1 s.",
     ).tag(config=True)
 
     tail_lines = Int(40, help="Lines of output shown in each process widget.").tag(config=True)
@@ -49,8 +60,9 @@ class ProcTrackConfig(Configurable):
     @validate("grace")
     def _check_grace(self, proposal: Any) -> float:
         value = float(proposal["value"])
-        if value < 0:
-            raise TraitError(f"grace must be >= 0, not {value}")
+        problem = grace_problem(value)
+        if problem is not None:
+            raise TraitError(f"grace {problem}")
         return value
 
     @validate("tail_lines")
@@ -63,7 +75,7 @@ class ProcTrackConfig(Configurable):
     @validate("refresh_hz")
     def _check_refresh_hz(self, proposal: Any) -> float:
         value = float(proposal["value"])
-        if value <= 0:
+        if not value > 0:  # NaN too
             raise TraitError(f"refresh_hz must be > 0, not {value}")
         return min(value, MAX_REFRESH_HZ)
 

@@ -9,7 +9,8 @@ design.md fact 3: IPython 9 has no shutdown hook. The measured triggers are
 SIGKILL / OOM / the server dying are the engine's watchdog's job, not ours.
 
 Every one of these paths finishes within about 2 s (jupyter_client sends SIGTERM at 2.5 s),
-uses a grace of at most :data:`KERNEL_END_GRACE` and never raises.
+uses a grace of at most :data:`KERNEL_END_GRACE` and never raises. What it did (which
+trigger, how long, the report) is written to :data:`KERNEL_END_RECORD` in the log directory.
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ import atexit
 import contextlib
 import functools
 import inspect
+import itertools
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from .config import ProcTrackConfig
-from .render import TreeSampler
+from .render import TreeSampler, TreeStats, sample_trees
 from .widgets import LaunchSpec, ProcessWidget, Refresher, has_widget_frontend
 
 if TYPE_CHECKING:
@@ -35,27 +37,41 @@ if TYPE_CHECKING:
 
     from ipyproctrack import CleanupReport, TrackedProcess, Tracker
 
-__all__ = ["KERNEL_END_GRACE", "KernelEndHooks", "NotebookSession", "run_bounded"]
+__all__ = [
+    "KERNEL_END_GRACE",
+    "KERNEL_END_RECORD",
+    "KernelEndHooks",
+    "NotebookSession",
+    "run_bounded",
+]
 
 #: Grace used when the kernel ends (shutdown, restart, SIGTERM, exit): at most this.
 KERNEL_END_GRACE = 0.8
 #: A kernel-ending teardown gives up waiting after this many seconds.
 KERNEL_END_BUDGET = 2.0
+#: Grace when no helper thread can bound the teardown (interpreter shutdown): it runs
+#: inline, so it must be short by itself (grace + about 1 s of sweeping and reaping).
+INLINE_GRACE = 0.3
+#: File in the Tracker's log directory that says how the kernel-end teardown went.
+KERNEL_END_RECORD = "ipyproctrack-kernel-end.txt"
 
 _SignalHandler = Callable[[int, FrameType | None], Any] | int | None
 
 
-def run_bounded(fn: Callable[[], object], timeout: float) -> bool:
+def run_bounded(
+    fn: Callable[[], object], timeout: float, *, inline: Callable[[], object] | None = None
+) -> bool:
     """Run ``fn`` on a helper thread and wait at most ``timeout``; True if it finished.
 
     A thread keeps a signal handler or the Control thread from hanging on a lock the
-    interrupted code holds. If no thread can be started (interpreter shutdown), run inline.
+    interrupted code holds. If no thread can be started (interpreter shutdown), nothing
+    can bound ``fn``: run ``inline`` instead (default ``fn``), which must bound itself.
     """
     done = threading.Event()
 
-    def target() -> None:
+    def target(call: Callable[[], object] = fn) -> None:
         try:
-            fn()
+            call()
         except BaseException:
             pass
         finally:
@@ -65,15 +81,19 @@ def run_bounded(fn: Callable[[], object], timeout: float) -> bool:
         thread = threading.Thread(target=target, name="ipyproctrack-teardown", daemon=True)
         thread.start()
     except RuntimeError:
-        target()
+        target(fn if inline is None else inline)
         return True
     return done.wait(timeout)
 
 
 class KernelEndHooks:
-    """Installs (and removes) the teardown triggers of design.md fact 3."""
+    """Installs (and removes) the teardown triggers of design.md fact 3.
 
-    def __init__(self, teardown: Callable[[], None]) -> None:
+    ``teardown(trigger, inline)`` does the work; ``inline`` is True when it runs without a
+    helper thread to bound it (so it must be quick by itself).
+    """
+
+    def __init__(self, teardown: Callable[[str, bool], None]) -> None:
         self._teardown = teardown
         self._active = False
         self._kernel: Any = None
@@ -83,7 +103,6 @@ class KernelEndHooks:
         self._previous_sigterm: _SignalHandler = None
         self._sigterm_installed = False
         self._pid = os.getpid()
-        self.fired: list[str] = []  # which triggers ran, for tests and debugging
 
     # ------------------------------------------------------------------ install / remove
 
@@ -125,8 +144,11 @@ class KernelEndHooks:
         if not self._active or os.getpid() != self._pid:
             return
         self._active = False
-        self.fired.append(trigger)
-        run_bounded(self._teardown, KERNEL_END_BUDGET)
+        run_bounded(
+            functools.partial(self._teardown, trigger, False),
+            KERNEL_END_BUDGET,
+            inline=functools.partial(self._teardown, trigger, True),
+        )
 
     def _wrap_do_shutdown(self, kernel: Any) -> None:
         original = getattr(kernel, "do_shutdown", None) if kernel is not None else None
@@ -197,19 +219,15 @@ class NotebookSession:
         self._tracker: Tracker | None = None
         self._sampler = TreeSampler()
         self.widgets_enabled = has_widget_frontend(shell)  # decided once, here
-        self.refresher = Refresher(lambda: float(self._config.refresh_hz))
+        self.refresher = Refresher(lambda: float(self._config.refresh_hz), self.sample_trees)
+        #: the launch of each name, for the Restart button and the grace of a replace
         self.specs: dict[str, LaunchSpec] = {}
-        self._name_counts: dict[str, int] = {}
         self.hooks = KernelEndHooks(self.kernel_end_teardown)
         self.closed = False
 
     @property
     def config(self) -> ProcTrackConfig:
         return self._config
-
-    @property
-    def sampler(self) -> TreeSampler:
-        return self._sampler
 
     # ------------------------------------------------------------------ the tracker
 
@@ -234,45 +252,54 @@ class NotebookSession:
                     grace=cfg.grace,
                     log_max_bytes=cfg.log_max_bytes,
                     log_backups=cfg.log_backups,
+                    on_change=self.refresher.wake.set,
                 )
             return self._tracker
 
     def grace(self, override: float | None = None) -> float:
         return float(self._config.grace if override is None else override)
 
-    # ------------------------------------------------------------------ names
-
-    def new_name(self, base: str) -> str:
-        """``python-1``, ``python-2``…: the next free generated name for ``base``."""
-        with self._lock:
-            while True:
-                n = self._name_counts.get(base, 0) + 1
-                self._name_counts[base] = n
-                name = f"{base}-{n}"
-                if self._tracker is None or name not in self._tracker:
-                    return name
+    def sample_trees(self, procs: Sequence[TrackedProcess], prime: float = 0.0
+                     ) -> list[TreeStats]:
+        """Count, CPU%, RSS and ports of several trees, from one process scan."""
+        return sample_trees(self._sampler, procs, prime=prime)
 
     # ------------------------------------------------------------------ launching
 
-    def launch(self, spec: LaunchSpec) -> TrackedProcess:
-        """Start ``spec``; a running process of that name is torn down first (its grace)."""
-        tracker = self.tracker
-        if spec.name in tracker:
-            old = tracker.get(spec.name)
-            old_spec = self.specs.get(spec.name)
-            if old.is_running() or old.tree():
-                old.stop(grace=self.grace(old_spec.grace if old_spec else None))
-        proc = tracker.start(
+    def free_name(self, base: str) -> str:
+        """``python-1``, ``python-2``…: the first generated name for ``base`` that no launch
+        has used (the Tracker keeps every launch's name, so the numbers only grow)."""
+        tracker = self._tracker
+        for n in itertools.count(1):
+            name = f"{base}-{n}"
+            if tracker is None or name not in tracker:
+                return name
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def launch(
+        self, spec: LaunchSpec, *, on_launched: Callable[[TrackedProcess], None] | None = None
+    ) -> TrackedProcess:
+        """Start ``spec``. A live tree of that name is replaced: the engine stops it with
+        the grace it was started with. ``on_launched`` sees the process before any
+        readiness wait."""
+        old = self.specs.get(spec.name)
+
+        def launched(proc: TrackedProcess) -> None:
+            self.specs[spec.name] = spec
+            if on_launched is not None:
+                on_launched(proc)
+
+        return self.tracker.start(
             spec.command,
             name=spec.name,
             cwd=spec.cwd,
             env=spec.env,
             replace=True,
+            replace_grace=self.grace(old.grace if old is not None else None),
             ready=list(spec.ready) or None,
             ready_timeout=spec.ready_timeout,
+            on_launched=launched,
         )
-        self.specs[spec.name] = spec
-        return proc
 
     def launched(self, name: str) -> TrackedProcess | None:
         """The newest launch called ``name`` (None if nothing by that name exists)."""
@@ -281,9 +308,14 @@ class NotebookSession:
             return None
         return tracker.get(name)
 
-    def relaunch(self, spec: LaunchSpec) -> TrackedProcess:
+    def relaunch(
+        self, spec: LaunchSpec, *, on_launched: Callable[[TrackedProcess], None] | None = None
+    ) -> TrackedProcess:
         """The Restart button: the same command, with fresh readiness checks."""
-        return self.launch(spec.for_restart())
+        return self.launch(spec.for_restart(), on_launched=on_launched)
+
+    def wake(self) -> None:
+        self.refresher.wake.set()
 
     def stop_process(self, proc: TrackedProcess, grace: float | None) -> None:
         proc.stop(grace=self.grace(grace))
@@ -294,28 +326,54 @@ class NotebookSession:
     # ------------------------------------------------------------------ endings
 
     def close(self, *, grace: float | None = None) -> CleanupReport | None:
-        """``%unload_ext``: tear everything down, show the final state, stop the thread."""
+        """``%unload_ext``: tear everything down, show the final state, stop the thread.
+        None if it was closed already (also by a kernel-end teardown, whose work this
+        completes: that one may have left the drain loop running)."""
         with self._lock:
-            if self.closed:
-                return None
-            self.closed = True
+            was_closed, self.closed = self.closed, True
             tracker = self._tracker
         self.hooks.uninstall()
+        # The refresher thread ends first: the final tick below must be the only one.
+        stopped = self.refresher.stop()
         report = tracker.close(grace=self.grace(grace)) if tracker is not None else None
-        with contextlib.suppress(Exception):
-            self.refresher.tick()  # the widgets show "stopped" and the last lines
-        self.refresher.stop()
-        return report
+        if stopped:
+            with contextlib.suppress(Exception):
+                self.refresher.tick(force_stats=True)  # "stopped" and the last lines
+        return None if was_closed else report
 
-    def kernel_end_teardown(self) -> None:
-        """The kernel is ending: tear down fast (within about 2 s), never raise."""
+    def kernel_end_teardown(self, trigger: str = "kernel end", inline: bool = False) -> None:
+        """The kernel is ending: tear down fast (within about 2 s), never raise.
+
+        ``inline``: no helper thread bounds this call, so use a short grace and skip
+        stopping the drain loop (the process is about to end anyway)."""
         started = time.monotonic()
         with self._lock:
             self.closed = True
             tracker = self._tracker
         self.refresher.stop(timeout=0.2)
-        if tracker is not None:
+        if tracker is None:
+            return
+        report: CleanupReport | None = None
+        if inline:
+            grace = min(self.grace(), INLINE_GRACE)
+            with contextlib.suppress(Exception):
+                report = tracker.cleanup(grace=grace)
+        else:
             budget = KERNEL_END_BUDGET - (time.monotonic() - started)
             grace = max(0.0, min(self.grace(), KERNEL_END_GRACE, budget - 1.0))
             with contextlib.suppress(Exception):
-                tracker.close(grace=grace)
+                report = tracker.close(grace=grace)
+        took = time.monotonic() - started
+        with contextlib.suppress(Exception):
+            _write_record(tracker, trigger, inline, grace, took, report)
+
+
+def _write_record(
+    tracker: Tracker, trigger: str, inline: bool, grace: float, took: float,
+    report: CleanupReport | None,
+) -> None:
+    """Say in the log directory how the kernel-end teardown went (a post-mortem)."""
+    head = (f"kernel end by {trigger}{' (inline)' if inline else ''}: teardown took "
+            f"{took:.2f} s, grace {grace:g} s, pid {os.getpid()}")
+    lines = [head, *(report.summary_lines() if report is not None else ["(no report)"])]
+    (tracker.log_dir / KERNEL_END_RECORD).write_text("\n".join(lines) + "\n")

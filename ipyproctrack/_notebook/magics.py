@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import math
 import re
 import shlex
 from collections.abc import Callable, Iterator, Sequence
@@ -21,8 +22,10 @@ from IPython.core import magic_arguments as _ipy_magic_arguments
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
+from ipyproctrack import HttpReady, OutputReady, PortReady
 from ipyproctrack._errors import NotReadyError, ProcTrackError
 
+from .config import grace_problem
 from .render import CleanupView, LogsView, ProcessTable, status_line
 from .widgets import LaunchSpec, ProcessWidget
 
@@ -94,9 +97,19 @@ def _one_line(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def _failure_text(exc: BaseException) -> str:
+    """What a widget shows for a launch that failed with ``exc``."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted before it started"
+    if isinstance(exc, (UsageError, ProcTrackError)):
+        return _one_line(exc)
+    return f"{type(exc).__name__}: {_one_line(exc)}"
+
+
 @contextlib.contextmanager
-def _usage_errors() -> Iterator[None]:
-    """Engine errors become UsageErrors: one line, or the readiness message with its tail."""
+def _usage_errors(*, launching: bool = False) -> Iterator[None]:
+    """Engine errors become UsageErrors: one line, or the readiness message with its tail.
+    ``launching``: a ValueError (say, a NUL byte in an argument) is the user's too."""
     try:
         yield
     except UsageError:
@@ -104,6 +117,10 @@ def _usage_errors() -> Iterator[None]:
     except NotReadyError as exc:
         raise UsageError(str(exc).rstrip()) from None
     except ProcTrackError as exc:
+        raise UsageError(_one_line(exc)) from None
+    except ValueError as exc:
+        if not launching:
+            raise
         raise UsageError(_one_line(exc)) from None
 
 
@@ -170,10 +187,6 @@ def _readiness(args: argparse.Namespace) -> list[Any]:
         if args.timeout is not None:
             raise UsageError("--timeout needs --wait-port, --wait-http or --wait-output")
         return []
-    try:
-        from ipyproctrack._engine.ready import HttpReady, OutputReady, PortReady
-    except ImportError:  # pragma: no cover - the readiness module ships with the engine
-        raise UsageError("readiness checks are not available in this ipyproctrack") from None
     checks: list[Any] = []
     if args.wait_port is not None:
         if not 0 < args.wait_port < 65536:
@@ -193,11 +206,25 @@ def _readiness(args: argparse.Namespace) -> list[Any]:
     return checks
 
 
-def _check_number(value: float | None, option: str, *, positive: bool) -> None:
-    if value is None:
-        return
-    if value != value or value < 0 or (positive and value == 0):  # NaN too
-        raise UsageError(f"{option} must be {'> 0' if positive else '>= 0'}, not {value:g}")
+def _check_grace(value: float | None) -> None:
+    problem = None if value is None else grace_problem(value)
+    if problem is not None:
+        raise UsageError(f"--grace {problem}")
+
+
+def _check_timeout(value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):  # NaN, inf too
+        raise UsageError(f"--timeout must be a finite number of seconds > 0, not {value:g}")
+
+
+def _checked_cwd(option_value: str) -> str:
+    try:
+        cwd = Path(option_value).expanduser()
+    except RuntimeError as exc:  # "~nosuchuser/dir": the home directory cannot be found
+        raise UsageError(f"--cwd: {_one_line(exc)}: {option_value}") from None
+    if not cwd.is_dir():
+        raise UsageError(f"--cwd: not a directory: {option_value}")
+    return str(cwd)
 
 
 def _split_leading_options(line: str, parser: argparse.ArgumentParser) -> tuple[list[str], str]:
@@ -263,8 +290,9 @@ class ProcTrackMagics(Magics):
     @argument("-n", "--name", help="name of the tracked process (line form)")
     @argument("--cwd", metavar="DIR", help="working directory (default: the kernel's)")
     @argument(
-        "--env", action="append", nargs="+", default=[], metavar="KEY=VALUE",
-        help="extra environment variables; repeat the option or list several",
+        "--env", action="append", default=[], metavar="KEY=VALUE",
+        help="an extra environment variable; repeat the option for more "
+        "(--env A=1 --env B=2)",
     )
     @argument(
         "--grace", type=float, metavar="S",
@@ -285,7 +313,7 @@ class ProcTrackMagics(Magics):
 
         Cell form::
 
-            %%tracked [NAME] [--cwd DIR] [--env KEY=VALUE ...] [--grace S] [--no-widget]
+            %%tracked [NAME] [--cwd DIR] [--env KEY=VALUE]... [--grace S] [--no-widget]
                       [--wait-port P | --wait-http URL | --wait-output REGEX] [--timeout S]
             python -m http.server 8000 --bind 127.0.0.1
 
@@ -323,20 +351,17 @@ class ProcTrackMagics(Magics):
             script = cell
         if name is not None and (not name.strip() or any(c.isspace() for c in name)):
             raise UsageError(f"bad name {name!r}: use letters, digits, '.', '_' or '-'")
-        env_items = [item for group in args.env for item in group]
-        env = parse_env(env_items)
-        _check_number(args.grace, "--grace", positive=False)
-        _check_number(args.timeout, "--timeout", positive=True)
+        if name is not None and "=" in name:  # `--env A=1 B=2` (one KEY=VALUE per --env)
+            raise UsageError(f"bad name {name!r}: give one KEY=VALUE per --env")
+        env = parse_env(args.env)
+        _check_grace(args.grace)
+        _check_timeout(args.timeout)
         checks = _readiness(args)
-        cwd = None
-        if args.cwd:
-            cwd = str(Path(args.cwd).expanduser())
-            if not Path(cwd).is_dir():
-                raise UsageError(f"--cwd: not a directory: {args.cwd}")
+        cwd = _checked_cwd(args.cwd) if args.cwd else None
 
         session = self.session
         if name is None:
-            name = session.new_name(generate_base_name(script))
+            name = session.free_name(generate_base_name(script))
         spec = LaunchSpec(
             command=script,
             name=name,
@@ -352,46 +377,38 @@ class ProcTrackMagics(Magics):
 
     def _launch(self, spec: LaunchSpec, use_widget: bool) -> None:
         session = self.session
-        widget: ProcessWidget | None = None
-        handle: Any = None
-        if use_widget:
-            from IPython.display import display as _display
-
-            display: Callable[..., Any] = _display
-            widget = ProcessWidget(session, spec)
-            handle = display(widget.view, display_id=True)
-            session.add_widget(widget)
-        elif spec.ready:
-            print(f"{spec.name}: starting, waiting for {spec.describe_ready()}…", flush=True)
-        try:
-            with _usage_errors():
-                try:
-                    proc = session.launch(spec)
-                except ValueError as exc:  # e.g. a readiness check refusing its input
-                    raise UsageError(_one_line(exc)) from None
-        except UsageError as exc:
-            if widget is not None:
-                widget.fail(_one_line(exc))
-                widget.view.status_text = f"{spec.name}: failed: {_one_line(exc)}"
-                with contextlib.suppress(Exception):
-                    handle.update(widget.view)
-            raise
-        except KeyboardInterrupt:
-            # "Interrupt kernel" during a readiness wait: the cell stops waiting, the
-            # process keeps running (an interrupt never stops a tracked process).
-            started = session.launched(spec.name)
-            if widget is not None:
-                if started is not None:
-                    widget.attach(started)
-                else:
-                    widget.fail("interrupted before it started")
-            raise
-        if widget is not None:
-            widget.attach(proc)
-            with contextlib.suppress(Exception):
-                handle.update(widget.view)  # the saved text/plain becomes the status line
-        else:
+        if not use_widget:
+            if spec.ready:
+                print(f"{spec.name}: starting, waiting for {spec.describe_ready()}…", flush=True)
+            with _usage_errors(launching=True):
+                proc = session.launch(spec)
             print(status_line(proc), flush=True)
+            return
+
+        from IPython.display import display as _display
+
+        display: Callable[..., Any] = _display
+        widget = ProcessWidget(session, spec)
+        handle = display(widget.view, display_id=True)
+        session.add_widget(widget)
+        before = session.launched(spec.name)
+        try:
+            with _usage_errors(launching=True):
+                # the widget attaches as soon as the process exists: pid, live output and
+                # Stop while a --wait-* check still waits
+                session.launch(spec, on_launched=widget.attach)
+        except BaseException as exc:
+            # whatever went wrong, the widget must not stay at "starting…"
+            started = widget.proc or session.launched(spec.name)
+            if started is not None and started is not before and started.returncode is None:
+                widget.attach(started)  # e.g. an interrupted wait: the process runs on
+            else:
+                widget.fail(_failure_text(exc))
+            with contextlib.suppress(Exception):
+                handle.update(widget.view)
+            raise
+        with contextlib.suppress(Exception):
+            handle.update(widget.view)  # the saved text/plain becomes the status line
 
     # ------------------------------------------------------------------ %proctrack
 
@@ -410,7 +427,7 @@ class ProcTrackMagics(Magics):
         import time
 
         procs = session.tracker.processes()
-        stats = session.sampler.sample_many(procs, prime=0.1)
+        stats = session.sample_trees(procs, prime=0.1)
         return ProcessTable(procs, stats, now=time.time())
 
     # ------------------------------------------------------------------ %proctrack_cleanup
@@ -429,7 +446,7 @@ class ProcTrackMagics(Magics):
         Shows one line per tree with escalations stated, and the details on demand.
         """
         args = _parse("proctrack_cleanup", line)
-        _check_number(args.grace, "--grace", positive=False)
+        _check_grace(args.grace)
         session = self.session
         if not session.has_tracker:
             if args.names:

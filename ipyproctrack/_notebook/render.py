@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import contextlib
 import html
-import importlib
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psutil
 
+from ipyproctrack._engine.ports import listening_ports as _engine_listening_ports
+
 if TYPE_CHECKING:
-    from ipyproctrack import CleanupReport, TrackedProcess
+    from ipyproctrack import CleanupReport, ProcessInfo, TrackedProcess
 
 __all__ = [
     "CleanupView",
@@ -29,6 +30,7 @@ __all__ = [
     "format_bytes",
     "format_duration",
     "process_state",
+    "sample_trees",
     "status_line",
     "tail_html",
 ]
@@ -42,6 +44,17 @@ MAX_LINE_CHARS = 2_000
 
 
 # ----------------------------------------------------------------------------- formatting
+
+
+def format_clock(seconds: float) -> str:
+    """A widget's clock: ``0 s``, ``5 s`` ... ``55 s``, ``3 min``, ``2 h 03 min``. Coarse on
+    purpose: it moves at most every 5 s, the refresher's idle pace."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{int(seconds) // 5 * 5} s"
+    if seconds < 3600:
+        return f"{int(seconds) // 60} min"
+    return format_duration(seconds)
 
 
 def format_duration(seconds: float) -> str:
@@ -172,7 +185,7 @@ class TreeStats:
     count: int
     cpu_percent: float | None
     rss: int | None
-    ports: tuple[int, ...] | None  # None: unknown (ports module missing or failed)
+    ports: tuple[int, ...] | None  # None: unknown (the port scan failed)
 
     def ports_text(self) -> str:
         if self.ports is None:
@@ -186,42 +199,14 @@ class TreeStats:
 EMPTY_STATS = TreeStats(0, None, None, ())
 
 
-def _port_number(item: Any) -> int | None:
-    if isinstance(item, int):
-        return item
-    port = getattr(item, "port", None)
-    if isinstance(port, int):
-        return port
-    if isinstance(item, tuple) and item and isinstance(item[-1], int):
-        return item[-1]
-    return None
-
-
 def listening_ports(pids: Sequence[int]) -> tuple[int, ...] | None:
-    """The TCP ports the given pids listen on, via the engine's ports module if present."""
+    """The TCP ports the given pids listen on; None when the scan failed."""
     if not pids:
         return ()
     try:
-        module = importlib.import_module("ipyproctrack._engine.ports")
-    except ImportError:
-        return None
-    func = getattr(module, "listening_ports", None)
-    if func is None:
-        return None
-    try:
-        found = func(list(pids))
+        return tuple(_engine_listening_ports(pids))
     except Exception:  # a display must never fail because a port scan did
         return None
-    items: Iterable[Any] = found.values() if isinstance(found, dict) else found
-    ports: set[int] = set()
-    for item in items:
-        if isinstance(item, (set, frozenset, list)):
-            ports.update(p for p in (_port_number(x) for x in item) if p is not None)
-            continue
-        port = _port_number(item)
-        if port is not None:
-            ports.add(port)
-    return tuple(sorted(ports))
 
 
 class TreeSampler:
@@ -245,20 +230,12 @@ class TreeSampler:
         self._known[key] = proc
         return proc, True
 
-    def sample(self, proc: TrackedProcess, *, ports: bool = True) -> TreeStats:
-        return self.sample_many([proc], ports=ports, prime=0.0)[0]
-
     def sample_many(
-        self, procs: Sequence[TrackedProcess], *, ports: bool = True, prime: float = 0.0
+        self, members: Sequence[Sequence[ProcessInfo]], *, prime: float = 0.0
     ) -> list[TreeStats]:
-        """Stats per tracked tree. ``prime``: seconds to wait for a first CPU reading."""
-        trees: list[list[tuple[int, float]]] = []
-        for proc in procs:
-            try:
-                members = proc.tree()
-            except Exception:
-                members = []
-            trees.append([(m.pid, m.create_time) for m in members])
+        """Stats per tree, given each tree's members (see :func:`sample_trees`).
+        ``prime``: seconds to wait for a first CPU reading of processes seen first now."""
+        trees = [[(m.pid, m.create_time) for m in row] for row in members]
 
         with self._lock:
             fresh: list[psutil.Process] = []
@@ -307,7 +284,7 @@ class TreeSampler:
                         count=count,
                         cpu_percent=cpu if cpu_known or count == 0 else None,
                         rss=rss if count else None,
-                        ports=(listening_ports(pids) if ports else None) if count else (),
+                        ports=listening_ports(pids) if count else (),
                     )
                 )
             # forget processes that left every tree we looked at
@@ -318,6 +295,36 @@ class TreeSampler:
             if len(self._known) > 20_000:
                 self._known.clear()
             return result
+
+
+def _tree_or_empty(proc: TrackedProcess) -> list[ProcessInfo]:
+    try:
+        return proc.tree()
+    except Exception:
+        return []
+
+
+def sample_trees(
+    sampler: TreeSampler, procs: Sequence[TrackedProcess], *, prime: float = 0.0
+) -> list[TreeStats]:
+    """Stats of several tracked trees from ONE process scan per Tracker (``trees()``).
+
+    A process whose name now belongs to a newer launch (it was replaced) is looked up on
+    its own: rare, since a replaced tree has been torn down."""
+    scans: dict[int, dict[str, list[ProcessInfo]]] = {}
+    members: list[list[ProcessInfo]] = []
+    for proc in procs:
+        tracker = proc.tracker
+        if id(tracker) not in scans:
+            try:
+                scans[id(tracker)] = tracker.trees()
+            except Exception:
+                scans[id(tracker)] = {}
+        found = None
+        if proc.name in tracker and tracker.get(proc.name) is proc:
+            found = scans[id(tracker)].get(proc.name)
+        members.append(found if found is not None else _tree_or_empty(proc))
+    return sampler.sample_many(members, prime=prime)
 
 
 # ----------------------------------------------------------------------------- views

@@ -8,7 +8,9 @@ Rules from design.md fact 8:
   ``HTML`` value holding a bounded ``<pre>``, replaced as a whole;
 - ONE :class:`Refresher` thread per session wakes at ``refresh_hz`` (at most 5 Hz),
   updates only what changed, and a sliding one-second budget keeps the whole session
-  under :data:`MESSAGE_BUDGET` widget messages per second, whatever the processes write.
+  under :data:`MESSAGE_BUDGET` widget messages per second, whatever the processes write;
+- the resources of every shown tree come from ONE process scan per
+  :data:`STATS_INTERVAL` (``Tracker.trees()``), however many widgets there are.
 """
 
 from __future__ import annotations
@@ -26,11 +28,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .render import (
     EMPTY_STATS,
-    TreeSampler,
     TreeStats,
     badge_html,
     format_bytes,
-    format_duration,
+    format_clock,
     process_state,
     status_line,
     tail_html,
@@ -54,9 +55,17 @@ __all__ = [
 ]
 
 #: Widget messages the whole session may send in any one-second window (bound: 50).
-MESSAGE_BUDGET = 40
-#: Seconds between two resource samples (psutil, ports) of one tree.
-STATS_INTERVAL = 1.0
+#: Below the bound on purpose: on a loaded machine iopub delivers in bursts, which packs
+#: more than one second of sends into one second of arrivals (measured: 49 arrived in one
+#: second with a budget of 40, 12 widgets and 36 MB of output drained on 2 cores).
+MESSAGE_BUDGET = 35
+#: Seconds between two resource samples (one process scan, psutil, ports) of the trees.
+STATS_INTERVAL = 2.0
+# With nothing new to show, the refresher ticks this often, for the clocks and the stats.
+IDLE_TICK = 5.0
+
+#: Samples the trees of several processes at once: one stats entry per process.
+Sampler = Callable[[Sequence["TrackedProcess"]], list[TreeStats]]
 
 
 def has_widget_frontend(shell: InteractiveShell | None) -> bool:
@@ -107,12 +116,14 @@ class WidgetHost(Protocol):
     @property
     def config(self) -> ProcTrackConfig: ...
 
-    @property
-    def sampler(self) -> TreeSampler: ...
-
-    def relaunch(self, spec: LaunchSpec) -> TrackedProcess: ...
+    def relaunch(
+        self, spec: LaunchSpec, *, on_launched: Callable[[TrackedProcess], None] | None = None
+    ) -> TrackedProcess: ...
 
     def stop_process(self, proc: TrackedProcess, grace: float | None) -> None: ...
+
+    def wake(self) -> None:
+        """Something changed: let the refresher tick now instead of at its idle pace."""
 
 
 class MessageBudget:
@@ -121,7 +132,6 @@ class MessageBudget:
     def __init__(self, per_second: int) -> None:
         self.per_second = per_second
         self._sent: collections.deque[float] = collections.deque()
-        self.total = 0
         self.deferred = 0
 
     def try_take(self, now: float) -> bool:
@@ -131,7 +141,6 @@ class MessageBudget:
             self.deferred += 1
             return False
         self._sent.append(now)
-        self.total += 1
         return True
 
 
@@ -139,12 +148,13 @@ def _process_view_class() -> type[ipywidgets.VBox]:
     import ipywidgets
 
     class ProcessView(ipywidgets.VBox):  # type: ignore[misc]
-        """A VBox whose text form (nbconvert, terminals) is the status line."""
+        """A VBox whose text form (nbconvert, terminals) is the status line, as it is at
+        the moment the frontend is sent the display (or its update)."""
 
-        status_text = ""
+        status: Callable[[], str] | None = None
 
         def __repr__(self) -> str:
-            return self.status_text or "ProcessView()"
+            return self.status() if self.status is not None else "ProcessView()"
 
     return ProcessView
 
@@ -164,7 +174,7 @@ class ProcessWidget:
         self.host = host
         self.spec = spec
         self.proc: TrackedProcess | None = None
-        self.phase = "starting"  # starting | attached | failed | restarting | closed
+        self.phase = "starting"  # starting | attached | failed | restarting
         self.error = ""
         self.created = time.monotonic()
         self.last_sent = 0.0
@@ -172,6 +182,8 @@ class ProcessWidget:
         self._lock = threading.Lock()
         self._stats: TreeStats = EMPTY_STATS
         self._stats_at = -1e9
+        self._stats_state: tuple[object, ...] = ()
+        self._tree_gone = False  # a sample taken after the root exited found no process
         self._tail_key: tuple[int, int] | None = None
         self._tail_value = ""
 
@@ -192,7 +204,7 @@ class ProcessWidget:
             layout=ipywidgets.Layout(align_items="center"),
         )
         self.view = _VIEW_CLASS([row, self.tail])
-        self.view.status_text = f"{spec.name}: starting…"
+        self.view.status = self.status_text
         self._sent: dict[str, Any] = {
             "header": self.header.value,
             "tail": self.tail.value,
@@ -207,15 +219,19 @@ class ProcessWidget:
             self.phase = "attached"
             self.error = ""
             self.settled = False
+            self._stats = EMPTY_STATS
             self._stats_at = -1e9
+            self._tree_gone = False
             self._tail_key = None
-        self.view.status_text = status_line(proc, full=False)
+        self.host.wake()
 
     def fail(self, message: str) -> None:
+        """Show a failed launch; a process it did start keeps its pid, tail and end."""
         with self._lock:
             self.phase = "failed"
             self.error = message
             self.settled = False
+        self.host.wake()
 
     def _on_stop(self, _button: Any) -> None:
         proc = self.proc
@@ -229,22 +245,33 @@ class ProcessWidget:
     def _on_restart(self, _button: Any) -> None:
         with self._lock:
             if self.phase not in ("attached", "failed"):
-                return  # still starting, already restarting, or closed
+                return  # still starting, or already restarting
             self.phase = "restarting"
             self.settled = False
+        self.host.wake()
         threading.Thread(
             target=self._restart, name=f"ipyproctrack-restart-{self.spec.name}", daemon=True
         ).start()
 
     def _restart(self) -> None:
-        try:
-            proc = self.host.relaunch(self.spec)
+        try:  # attached once the process exists: live while a readiness check waits
+            proc = self.host.relaunch(self.spec, on_launched=self.attach)
         except Exception as exc:  # shown in the badge; a click must never raise
             self.fail(f"restart failed: {str(exc).splitlines()[0] if str(exc) else exc!r}")
             return
-        self.attach(proc)
+        if self.proc is not proc:
+            self.attach(proc)
 
     # ------------------------------------------------------------------ rendering
+
+    def status_text(self) -> str:
+        """The plain one-line form: ``web: pid 12 running; ready in 0.42 s``."""
+        if self.phase == "failed":
+            return f"{self.spec.name}: failed: {self.error}"
+        proc = self.proc
+        if proc is None or self.phase == "restarting":
+            return f"{self.spec.name}: {'restarting' if proc else 'starting'}…"
+        return status_line(proc, full=False)
 
     def _state(self, now: float) -> str:
         proc = self.proc
@@ -253,7 +280,7 @@ class ProcessWidget:
         if self.phase == "restarting":
             return "restarting…"
         if proc is None:
-            return f"starting… {format_duration(now - self.created)}"
+            return f"starting… {format_clock(now - self.created)}"
         state = process_state(proc)
         if state == "starting":
             return "starting…"
@@ -273,7 +300,7 @@ class ProcessWidget:
         parts.append(badge_html(state))
         st = self._stats
         if proc is not None and (proc.returncode is None or st.count):
-            parts.append(f"up {format_duration(time.time() - proc.started_at)}")
+            parts.append(f"up {format_clock(time.time() - proc.started_at)}")
         if st.count:
             parts.append(f"{st.count} proc{'s' if st.count != 1 else ''}")
             parts.append(f"CPU {st.cpu_text()}")
@@ -321,38 +348,54 @@ class ProcessWidget:
             self._tail_key = key
         return self._tail_value
 
+    # ------------------------------------------------------------------ refreshing
+
+    def stats_target(self) -> TrackedProcess | None:
+        """The process whose tree still needs sampling (None once it is gone for good)."""
+        with self._lock:
+            proc = self.proc
+            if proc is None or (proc.returncode is not None and self._tree_gone):
+                return None
+            return proc
+
+    def stats_age(self, now: float) -> float:
+        """Seconds since the last sample; infinite once the process changed state since
+        (became ready, exited): the header then shows its new ports and counts at once."""
+        proc = self.proc
+        if proc is not None and _state_key(proc) != self._stats_state:
+            return float("inf")
+        return now - self._stats_at
+
+    def set_stats(self, proc: TrackedProcess, stats: TreeStats, now: float, *,
+                  exited: bool) -> None:
+        """A sample of ``proc``'s tree; ``exited``: the root had exited before it was taken."""
+        with self._lock:
+            if proc is not self.proc:
+                return  # restarted meanwhile
+            self._stats = stats
+            self._stats_at = now
+            self._stats_state = _state_key(proc)
+            if exited and stats.count == 0:
+                self._tree_gone = True
+
     def pending(self, now: float) -> list[tuple[str, Any]]:
         """What differs from what the frontend last got: [(part, value)]."""
         with self._lock:
             proc = self.proc
-            if proc is not None and now - self._stats_at >= STATS_INTERVAL:
-                if proc.returncode is None or self._stats.count:
-                    try:
-                        self._stats = self.host.sampler.sample(proc)
-                    except Exception:
-                        self._stats = EMPTY_STATS
-                else:
-                    self._stats = EMPTY_STATS
-                self._stats_at = now
+            # read before the tail is built: once True, that tail holds the last bytes
+            drained = proc is not None and proc.output_done
+            finished = (
+                proc is not None and proc.returncode is not None and self._tree_gone
+            )
             wanted = {
                 "header": self._header_html(now),
                 "tail": self._tail_html(),
-                "stop_disabled": proc is None
-                or (proc.returncode is not None and self._stats.count == 0)
-                or self.phase != "attached",
+                "stop_disabled": proc is None or finished or self.phase != "attached",
             }
-            if proc is not None:
-                self.view.status_text = status_line(proc, full=False)
         out = [(k, v) for k, v in wanted.items() if self._sent.get(k) != v]
-        if (
-            not out
-            and proc is not None
-            and proc.returncode is not None
-            and self._stats.count == 0
-            and self.phase == "attached"
-        ):
-            self.settled = True
-        if not out and self.phase == "failed":
+        # settled once the end is shown: return code, an empty tree and every last line
+        ended = (proc is None and self.phase == "failed") or (finished and drained)
+        if not out and ended and self.phase in ("attached", "failed"):
             self.settled = True
         return out
 
@@ -365,16 +408,9 @@ class ProcessWidget:
             self.stop_button.disabled = value
         self._sent[part] = value
 
-    def close(self) -> None:
-        """Remove the widget from the frontend (its comms close)."""
-        self.phase = "closed"
-        row = self.view.children[0] if self.view.children else None
-        for widget in (self.header, self.stop_button, self.restart_button, self.tail, row):
-            if widget is not None:
-                with contextlib.suppress(Exception):
-                    widget.close()
-        with contextlib.suppress(Exception):
-            self.view.close()
+
+def _state_key(proc: TrackedProcess) -> tuple[object, ...]:
+    return (proc.ready_state, proc.returncode)
 
 
 def _short(text: str, limit: int = 120) -> str:
@@ -383,16 +419,25 @@ def _short(text: str, limit: int = 120) -> str:
 
 
 class Refresher:
-    """The single refresher thread of a session."""
+    """The single refresher thread of a session.
 
-    def __init__(self, hz: Callable[[], float], budget: int = MESSAGE_BUDGET) -> None:
+    ``sample`` measures several trees at once (one process scan for all of them); it is
+    called at most once per :data:`STATS_INTERVAL`, for every widget that shows a tree.
+    """
+
+    def __init__(
+        self, hz: Callable[[], float], sample: Sampler, budget: int = MESSAGE_BUDGET
+    ) -> None:
         self._hz = hz
+        self._sample = sample
         self.budget = MessageBudget(budget)
+        self.output_sent = 0  # tail updates in the current tick: new output keeps the rate up
+        self.deferred = False  # the budget cut the current tick short: tick again soon
+        self.wake = threading.Event()  # set by the Tracker (on_change) and by widgets
         self._widgets: list[ProcessWidget] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.ticks = 0
 
     @property
     def widgets(self) -> Sequence[ProcessWidget]:
@@ -400,6 +445,7 @@ class Refresher:
             return list(self._widgets)
 
     def add(self, widget: ProcessWidget) -> None:
+        self.wake.set()
         with self._lock:
             self._widgets.append(widget)
             if self._thread is None and not self._stop.is_set():
@@ -408,45 +454,64 @@ class Refresher:
                 )
                 self._thread.start()
 
-    def remove(self, widget: ProcessWidget) -> None:
-        with self._lock:
-            if widget in self._widgets:
-                self._widgets.remove(widget)
-
-    def stop(self, timeout: float = 1.0) -> None:
+    def stop(self, timeout: float = 1.0) -> bool:
+        """Stop the thread; True once it has ended (no tick of it can run any more)."""
         self._stop.set()
+        self.wake.set()
         thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        if thread is None or thread is threading.current_thread():
+            return thread is None
+        thread.join(timeout)
+        return not thread.is_alive()
 
     def _run(self) -> None:
-        """Tick at refresh_hz (read every tick, so %config applies at once). A tick that
-        sends nothing doubles the pause, up to 1 s: every wake costs CPU in the kernel
-        (about a millisecond on a VM), and an idle widget only changes once a second."""
+        """Tick at refresh_hz (read every tick, so %config applies at once) while output
+        flows. When a tick sent no output, sleep until the Tracker reports a change (output,
+        an exit, readiness), a widget changes, or IDLE_TICK passes for the clocks: every
+        wake costs kernel CPU (a few ms on a VM), and an idle notebook should cost ~none."""
         last_tick = 0.0
-        idle = 0
+        idle = False
         while True:
             period = 1.0 / max(0.1, min(self._hz(), 5.0))
-            period = min(max(period, 1.0), period * 2**idle)
             if self._stop.wait(max(0.0, last_tick + period - time.monotonic())):
                 return
+            if idle:
+                self.wake.wait(max(0.0, IDLE_TICK - period))
+                if self._stop.is_set():
+                    return
+            self.wake.clear()
             last_tick = time.monotonic()
-            sent = 0
+            self.output_sent = 0
+            self.deferred = False
             with contextlib.suppress(Exception):  # survive anything a widget does
-                sent = self.tick()
-            idle = 0 if sent else min(idle + 1, 4)
+                self.tick()
+            idle = not (self.output_sent or self.deferred)
 
-    def tick(self) -> int:
+    def _sample_due(self, widgets: Sequence[ProcessWidget], now: float, force: bool) -> None:
+        """One scan for every shown tree, once any widget's sample is STATS_INTERVAL old:
+        so all widgets' samples stay in step and N widgets cost one scan, not N."""
+        targets = [(w, p) for w in widgets if (p := w.stats_target()) is not None]
+        if not targets:
+            return
+        if not force and all(w.stats_age(now) < STATS_INTERVAL for w, _ in targets):
+            return
+        exited = [p.returncode is not None for _, p in targets]
+        try:
+            stats = self._sample([p for _, p in targets])
+        except Exception:
+            stats = [EMPTY_STATS] * len(targets)
+        for (widget, proc), st, ended in zip(targets, stats, exited, strict=True):
+            widget.set_stats(proc, st, now, exited=ended)
+
+    def tick(self, *, force_stats: bool = False) -> int:
         """Push the changed parts of every widget, oldest-refreshed first, within budget.
-        Returns how many parts it sent."""
-        self.ticks += 1
+        Returns how many parts it sent. Runs on the refresher thread only (or once that
+        thread has stopped): the budget and the widgets' sent state are not shared."""
         now = time.monotonic()
-        with self._lock:
-            self._widgets = [w for w in self._widgets if w.phase != "closed"]
-            widgets = sorted(
-                (w for w in self._widgets if not w.settled and w.phase != "closed"),
-                key=lambda w: w.last_sent,
-            )
+        with self._lock:  # a settled widget stays listed: its Restart button revives it
+            widgets = sorted((w for w in self._widgets if not w.settled),
+                             key=lambda w: w.last_sent)
+        self._sample_due(widgets, now, force_stats)
         sent = 0
         for widget in widgets:
             try:  # one broken widget must not starve the others
@@ -456,11 +521,15 @@ class Refresher:
                 continue
             for part, value in parts:
                 if not self.budget.try_take(time.monotonic()):
-                    return sent
+                    self.deferred = True
+                    return sent  # a widget cut short keeps its place at the front
                 try:
                     widget.apply(part, value)
                 except Exception:
                     continue
                 sent += 1
+                if part == "tail":
+                    self.output_sent += 1
+            if parts:
                 widget.last_sent = time.monotonic()
         return sent
