@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 else:
     ReadySpec = Any
 
+_FAIR_SHARE = 4 << 20
 _READ_SIZE = 1 << 18  # larger single writes to the log get slower on some disks
 # Words a shell runs itself: a script that starts with one of these needs no executable.
 _SHELL_WORDS = frozenset(
@@ -703,16 +704,21 @@ async def _drain(sink: OutputSink, fd: int, stream: str) -> None:
             return
         os.set_blocking(fd, False)
         plat.enlarge_pipe(fd)
+        run = 0  # bytes read since the loop last ran anything else
         while True:
             try:
                 data = os.read(fd, _READ_SIZE)
             except BlockingIOError:
                 await anyio.wait_readable(fd)
+                run = 0
                 continue
             if not data:
                 return
             sink.feed(stream, data)
-            await anyio.lowlevel.checkpoint()  # other pipes get their turn in a flood
+            run += len(data)
+            if run >= _FAIR_SHARE:  # in a flood, other pipes get their turn now and then
+                run = 0
+                await anyio.lowlevel.checkpoint()
     except OSError as exc:
         sink.feed(STDERR, f"\n[ipyproctrack: reading {stream} failed: {exc}]\n".encode())
     finally:
