@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Literal, NamedTuple, Protocol
 
@@ -45,3 +46,15 @@ class Containment(Protocol):
 def by_pid(records: Iterable[ProcRecord | None]) -> dict[int, ProcRecord]:
     """A scan's records keyed by pid, the unreadable ones left out."""
     return {r.pid: r for r in records if r is not None}
+
+
+def kill_pid(pid: int, sig: int) -> SendResult:
+    """os.kill, its errors translated: the one place a bare pid is signalled, after the
+    caller has checked the identity."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return "gone"
+    except PermissionError:
+        return "denied"
+    return "sent"

@@ -7,7 +7,15 @@ import fcntl
 import os
 import signal
 
-from ._common import TAG_PROCESS, TAG_SESSION, ProcRecord, SendResult, Signal, same_time
+from ._common import (
+    TAG_PROCESS,
+    TAG_SESSION,
+    ProcRecord,
+    SendResult,
+    Signal,
+    kill_pid,
+    same_time,
+)
 
 DISCOVERY = "proc"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -154,13 +162,7 @@ def _kill_checked(pid: int, create_time: float, sig: int) -> SendResult:
     rec = get_record(pid)
     if rec is None or rec.zombie or not same_time(rec.create_time, create_time):
         return "gone"
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return "gone"
-    except PermissionError:
-        return "denied"
-    return "sent"
+    return kill_pid(pid, sig)
 
 
 def enlarge_pipe(fd: int) -> None:

@@ -15,6 +15,7 @@ from ._common import (
     SendResult,
     Signal,
     by_pid,
+    kill_pid,
     same_time,
 )
 
@@ -113,13 +114,7 @@ def send_signal(pid: int, create_time: float, which: Signal) -> SendResult:
             return "gone"
         except (psutil.AccessDenied, PermissionError):
             return "denied"
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return "gone"
-    except PermissionError:
-        return "denied"
-    return "sent"
+    return kill_pid(pid, sig)  # without psutil there is no identity to check here
 
 
 def enlarge_pipe(fd: int) -> None:
