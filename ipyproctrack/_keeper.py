@@ -369,6 +369,7 @@ class Keeper:
         if self.pidfd is not None:
             poller.register(self.pidfd, select.POLLIN)
         next_look = 0.0  # when to look for tagged escapees again (no subreaper only)
+        empty_looks = 0
         while True:
             children = self.reap()
             if self._kernel_gone():  # first: a tagged escapee may live outside our subtree
@@ -383,9 +384,16 @@ class Keeper:
                 # kept our tag while one lives; look about once a second.
                 now = time.monotonic()
                 if now >= next_look:
-                    if not self.tagged_alive():
-                        return self.exit_status()
-                    next_look = now + _WATCH_MS / 1000
+                    if self.tagged_alive():
+                        empty_looks = 0
+                        next_look = now + _WATCH_MS / 1000
+                    else:
+                        # Twice, 0.2 s apart: a process in the middle of an exec shows an
+                        # empty environment for an instant.
+                        empty_looks += 1
+                        if empty_looks >= 2:
+                            return self.exit_status()
+                        next_look = now + 0.2
                 timeout = max(1, int((next_look - now) * 1000) + 1)
             for fd, events in poller.poll(timeout):
                 if fd == self.wake_r:
