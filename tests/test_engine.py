@@ -510,10 +510,10 @@ def test_a_readiness_check_that_breaks_leaves_nothing(tracker: Tracker) -> None:
             return False
 
     with pytest.raises(RuntimeError, match="prepare failed"):
-        tracker.start("echo hi; exec sleep 60", name="b", ready=Broken())
+        tracker.start("exec sleep 60", name="b", ready=Broken())
     proc = tracker.get("b")
     assert proc.stopped and proc.wait(5) is not None
-    assert proc.wait_output_done(5) and "hi" in proc.tail()
+    assert proc.wait_output_done(5)  # its pipes were drained to the end
     assert proc.tree() == []
 
 
