@@ -524,3 +524,42 @@ def test_a_stopped_process_reads_stopped_as_soon_as_it_exits(tracker: Tracker) -
     proc.stop(grace=1.0)
     assert _wait_for(lambda: bool(states))
     assert states == ["stopped"]
+
+
+@pytest.mark.skipif(not plat.IS_LINUX, reason="runs the POSIX fallback on Linux")
+def test_posix_without_psutil_still_ends_the_group(tmp_path: Path) -> None:
+    # What macOS without psutil gets: no process table at all, only the launch's group.
+    # Run here by switching our own platform layer to its POSIX fallback.
+    code = (
+        "import sys; sys.modules['psutil'] = None\n"
+        "import ipyproctrack._platform as plat, ipyproctrack._platform.posix as posix\n"
+        "for name in ('scan_processes', 'get_record', 'command_of', 'send_signal'):\n"
+        "    setattr(plat, name, getattr(posix, name))\n"
+        "from ipyproctrack import Tracker\n"
+        f"t = Tracker(log_dir={str(tmp_path)!r})\n"
+        "p = t.start('sleep 60 & exec sleep 60', name='x')\n"
+        "import time; time.sleep(0.5)\n"
+        "print(open(f'/proc/{p.pid}/stat').read().split()[4])\n"  # the group it sits in
+        "r = t.close(grace=0.5)\n"
+        "print(p.wait(5), posix.DISCOVERY)\n"
+    )
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    pgid, returncode, discovery = out.stdout.split()
+    assert discovery == "groups"
+    assert returncode == "-15"  # ended by the group SIGTERM, nothing else could find it
+    assert _wait_for(lambda: _live_in_group(pgid) == [], 3.0), _live_in_group(pgid)
+
+
+def _live_in_group(pgid: str) -> list[str]:
+    """Live (non-zombie) processes whose process group is ``pgid``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state, _, group = f.read().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if group == pgid and state != "Z":
+            found.append(pid)
+    return found
