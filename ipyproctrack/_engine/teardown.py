@@ -117,9 +117,7 @@ class CleanupReport:
             f"(grace {self.grace:g} s, discovery: {self.discovery})"
         )
         lines = [head, *("  " + s for s in self.summary_lines())]
-        lines += ["  " + m for m in self.messages]
-        for o in self.survivors():
-            lines.append(f"  {o.name}: {o.describe()} is {o.ended_by}")
+        lines += ["  " + m for m in self.messages]  # escalations and survivors, once each
         return "\n".join(lines)
 
     def details(self) -> str:
@@ -289,12 +287,16 @@ class _Teardown:
     def pending(self) -> list[_Member]:
         return [m for m in self.members.values() if m.ended_by is None]
 
-    def settle(self, how: str) -> list[_Member]:
-        """Mark the members that are gone; return the ones still alive."""
+    def reap(self) -> None:
+        """Reap our own children through their process objects (never waitpid(-1))."""
         for t in self.targets:
             if t.reap is not None:
                 with contextlib.suppress(Exception):  # best effort: a stuck child shows alive
                     t.reap()
+
+    def settle(self, how: str) -> list[_Member]:
+        """Mark the members that are gone; return the ones still alive."""
+        self.reap()
         alive = []
         for m in self.pending():
             if _alive(m.ident):
@@ -377,10 +379,7 @@ class _Teardown:
         helpers = [(t, h) for t in self.targets for h in t.helpers]
         deadline = time.monotonic() + 0.5
         while helpers and time.monotonic() < deadline:
-            for t in self.targets:
-                if t.reap is not None:
-                    with contextlib.suppress(Exception):  # best effort, as in settle()
-                        t.reap()
+            self.reap()
             helpers = [(t, h) for t, h in helpers if _alive(h)]
             if helpers:
                 time.sleep(_POLL)
