@@ -563,3 +563,12 @@ def _live_in_group(pgid: str) -> list[str]:
         if group == pgid and state != "Z":
             found.append(pid)
     return found
+
+
+def test_generated_names_follow_the_main_command(tracker: Tracker) -> None:
+    first = tracker.start("cd /tmp && exec sleep 60")  # "sleep" is only a fallback base
+    second = tracker.start([PY, "-c", "import time; time.sleep(60)"])
+    third = tracker.start("FOO=1 exec python3 -c 'import time; time.sleep(60)'")
+    assert first.name == "sleep-1"
+    assert second.name == f"{Path(PY).name}-1"
+    assert third.name == "python3-1"

@@ -28,8 +28,9 @@ from traitlets import TraitError
 
 import ipyproctrack._notebook as nb
 from ipyproctrack import PortReady, TrackedProcess
+from ipyproctrack._engine.naming import base_name
 from ipyproctrack._notebook import lifecycle
-from ipyproctrack._notebook.magics import generate_base_name, parse_env
+from ipyproctrack._notebook.magics import parse_env
 from ipyproctrack._notebook.render import EMPTY_STATS, CleanupView, LogsView, ProcessTable
 from ipyproctrack._notebook.widgets import (
     MESSAGE_BUDGET,
@@ -203,7 +204,7 @@ def test_help_comes_from_the_argument_parser(
     ],
 )
 def test_generated_base_names(script: str, base: str) -> None:
-    assert generate_base_name(script) == base
+    assert base_name(script) == base
 
 
 def test_unnamed_cells_get_numbered_names(ip: InteractiveShell) -> None:

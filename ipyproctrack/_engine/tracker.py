@@ -36,6 +36,7 @@ from .._errors import (
     UnknownProcessError,
 )
 from .drain import STDERR, STDOUT, OutputChunk, OutputSink, RotatingLog
+from .naming import base_name, free_name
 from .teardown import (
     CleanupReport,
     ProcessInfo,
@@ -307,7 +308,6 @@ class Tracker(AbstractContextManager["Tracker"]):
         self._start_lock = threading.RLock()
         self._procs: dict[str, TrackedProcess] = {}
         self._counter = itertools.count(1)
-        self._name_counts: dict[str, int] = {}
         self._portal_cm: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = None
         self._portal: anyio.from_thread.BlockingPortal | None = None
         self._lifeline: tuple[int, int] | None = None
@@ -374,7 +374,7 @@ class Tracker(AbstractContextManager["Tracker"]):
         with self._start_lock:
             self._check_open()
             with self._lock:
-                name = self._pick_name(name, argv if isinstance(command, str) else list(command))
+                name = self._pick_name(name, command)
                 old = self._procs.get(name)
             if old is not None and old.has_live_tree():
                 if not replace:
@@ -441,18 +441,12 @@ class Tracker(AbstractContextManager["Tracker"]):
         full[plat.TAG_SESSION] = self.session_tag
         return full
 
-    def _pick_name(self, name: str | None, argv: Sequence[str]) -> str:
+    def _pick_name(self, name: str | None, command: str | Sequence[str]) -> str:
         if name is not None:
             if not isinstance(name, str) or not name.strip():
                 raise LaunchError(f"bad name {name!r}: use a non-empty string")
             return name
-        base = _NAME_OK.sub("", Path(_first_word(argv)).name) or "proc"
-        while True:
-            n = self._name_counts.get(base, 0) + 1
-            self._name_counts[base] = n
-            candidate = f"{base}-{n}"
-            if candidate not in self._procs:
-                return candidate
+        return free_name(base_name(command), self._procs)
 
     def _launch(
         self, argv: list[str], display: str, *, name: str, cwd: Path, env: dict[str, str]
@@ -802,19 +796,6 @@ def _checked_cwd(cwd: str | os.PathLike[str] | None) -> Path:
     if not path.is_dir():
         raise LaunchError(f"not a directory: {path}")
     return path.resolve()
-
-
-def _first_word(argv: Sequence[str]) -> str:
-    if len(argv) >= 3 and argv[1] in ("-c", "/c"):
-        try:
-            words = shlex.split(argv[-1].strip().splitlines()[0], comments=True)
-        except (ValueError, IndexError):
-            return "sh"
-        for w in words:
-            if "=" not in w:
-                return w
-        return "sh"
-    return argv[0] if argv else "proc"
 
 
 def _check_executable(

@@ -19,7 +19,6 @@ import atexit
 import contextlib
 import functools
 import inspect
-import itertools
 import os
 import signal
 import threading
@@ -27,6 +26,8 @@ import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
+
+from ipyproctrack._engine.naming import free_name
 
 from .config import ProcTrackConfig
 from .render import TreeSampler, TreeStats, sample_trees
@@ -267,14 +268,9 @@ class NotebookSession:
     # ------------------------------------------------------------------ launching
 
     def free_name(self, base: str) -> str:
-        """``python-1``, ``python-2``…: the first generated name for ``base`` that no launch
-        has used (the Tracker keeps every launch's name, so the numbers only grow)."""
-        tracker = self._tracker
-        for n in itertools.count(1):
-            name = f"{base}-{n}"
-            if tracker is None or name not in tracker:
-                return name
-        raise AssertionError("unreachable")  # pragma: no cover
+        """The engine's rule (``base-1``, ``base-2``...), applied before the launch so the
+        widget can show its name while the process starts."""
+        return free_name(base, self._tracker if self._tracker is not None else ())
 
     def launch(
         self, spec: LaunchSpec, *, on_launched: Callable[[TrackedProcess], None] | None = None

@@ -23,6 +23,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
 from ipyproctrack import HttpReady, OutputReady, PortReady
+from ipyproctrack._engine.naming import base_name
 from ipyproctrack._errors import NotReadyError, ProcTrackError
 
 from .config import grace_problem
@@ -36,26 +37,10 @@ if TYPE_CHECKING:
 
     from .lifecycle import NotebookSession
 
-__all__ = ["ProcTrackMagics", "generate_base_name", "parse_env"]
+__all__ = ["ProcTrackMagics", "parse_env"]
 
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
-# Lines that set a script up rather than run its main command.
-_SETUP_WORDS = frozenset(
-    {
-        "set", "cd", "pushd", "popd", "export", "source", ".", "trap", "ulimit", "umask",
-        "unset", "shopt", "alias", "declare", "local", "readonly", "echo", "printf", "true",
-        ":", "sleep", "wait", "mkdir", "rm", "cp", "mv", "touch",
-    }
-)
-# Words that run the next word: the name comes from what they run.
-_WRAPPERS = frozenset(
-    {
-        "exec", "env", "nohup", "time", "command", "stdbuf", "nice", "ionice", "setsid",
-        "timeout", "sudo", "uv", "poetry",
-    }
-)
-_RUNNERS = {"uv": "run", "poetry": "run"}
 # One shell word, quotes kept, at a position (for splitting off leading options).
 _WORD = re.compile(r"""\s*((?:[^\s'"\\]+|'[^']*'|"(?:\\.|[^"\\])*"|\\.)+)""")
 
@@ -135,50 +120,6 @@ def parse_env(items: Sequence[str]) -> dict[str, str]:
             raise UsageError(f"--env {item!r}: {key!r} is not a valid variable name")
         env[key] = value
     return env
-
-
-def generate_base_name(script: str) -> str:
-    """A readable base name from a script's main command: ``python -m http.server`` ->
-    ``python``; comments, ``set -e``, ``cd`` lines and ``FOO=1``/``exec``/``env``
-    prefixes are skipped."""
-    fallback = ""
-    for raw in script.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        try:
-            words = shlex.split(line, comments=True)
-        except ValueError:
-            words = line.split()
-        # `cd dir && python x.py`: look at the last command of an && / ; chain
-        for sep in ("&&", ";", "||"):
-            if sep in words:
-                words = words[len(words) - words[::-1].index(sep):]
-        while words:
-            word = words[0]
-            if re.match(r"[A-Za-z_][A-Za-z0-9_]*=", word):
-                words = words[1:]
-            elif word in _WRAPPERS:
-                runner = _RUNNERS.get(word)
-                words = words[1:]
-                if runner and words and words[0] == runner:
-                    words = words[1:]
-                while words and words[0].startswith("-"):
-                    words = words[1:]
-                if word == "timeout" and words:
-                    words = words[1:]
-            else:
-                break
-        if not words:
-            continue
-        base = _NAME_CHARS.sub("", Path(words[0]).name).strip(".-") or ""
-        if not base:
-            continue
-        if base in _SETUP_WORDS:
-            fallback = fallback or base
-            continue
-        return base[:32]
-    return (fallback or "cell")[:32]
 
 
 def _readiness(args: argparse.Namespace) -> list[Any]:
@@ -361,7 +302,7 @@ class ProcTrackMagics(Magics):
 
         session = self.session
         if name is None:
-            name = session.free_name(generate_base_name(script))
+            name = session.free_name(base_name(script))
         spec = LaunchSpec(
             command=script,
             name=name,
