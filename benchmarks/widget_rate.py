@@ -14,72 +14,34 @@ drained. The bound issue 3 sets is 50 widget messages per second per session.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import time
-from typing import Any
+import sys
+from pathlib import Path
 
 import psutil
-from jupyter_client.manager import KernelManager
 
-FLOODER = """\
-%%tracked flood{i}
-python -c '
-import sys, time
-pad = "x" * 80
-n = 0
-while True:
-    n += 1
-    sys.stdout.write("".join(f"flood{i} {{n}}.{{k}} {{pad}}\\\\n" for k in range(400)))
-    sys.stdout.flush()
-    time.sleep(0.02)
-'
-"""
-
-
-def run(kc: Any, code: str, timeout: float = 120) -> list[dict[str, Any]]:
-    msg_id = kc.execute(code)
-    msgs: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while True:
-        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        msg["received"] = time.monotonic()
-        msgs.append(msg)
-        if (msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
-                and msg["parent_header"].get("msg_id") == msg_id):
-            if any(m["msg_type"] == "error" for m in msgs):
-                raise RuntimeError(f"{code!r} failed")
-            return msgs
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _kernels import FLOODER, Kernel
 
 
 def measure(n: int, seconds: float) -> dict[str, float]:
-    km = KernelManager(kernel_name="python3")
-    km.start_kernel(env=dict(os.environ))
-    kc = km.client()
-    kc.start_channels()
-    kc.wait_for_ready(timeout=60)
+    kernel = Kernel()  # a real ipykernel with the extension loaded, from tests/_kernels.py
     try:
-        run(kc, "%load_ext ipyproctrack\n%config ProcTrackConfig.grace = 1.0\n"
-            "%config ProcTrackConfig.refresh_hz = 5")
-        pid = int(next(m["content"]["text"] for m in run(kc, "import os; print(os.getpid())")
-                       if m["msg_type"] == "stream"))
+        kernel.ok("%config ProcTrackConfig.refresh_hz = 5")
         for i in range(n):
-            run(kc, FLOODER.format(i=i))
-        kernel = psutil.Process(pid)
-        cpu0 = kernel.cpu_times()
-        msgs = run(kc, f"import time; time.sleep({seconds})")
-        cpu1 = kernel.cpu_times()
-        drained, deferred = json.loads(next(
-            m["content"]["text"] for m in run(kc, (
-                "import json, ipyproctrack._notebook as nb; print(json.dumps([sum("
-                "p.bytes_received for p in nb.current_tracker().processes()), "
-                "nb.current_session().refresher.budget.deferred]))"))
-            if m["msg_type"] == "stream"))
-        run(kc, "%proctrack_cleanup")
+            kernel.ok(FLOODER.format(i=i, lines=400))
+        proc = psutil.Process(kernel.pid)
+        cpu0 = proc.cpu_times()
+        result = kernel.ok(f"import time; time.sleep({seconds})")
+        cpu1 = proc.cpu_times()
+        drained, deferred = kernel.value(
+            "[sum(p.bytes_received for p in __import__('ipyproctrack').notebook_tracker()"
+            ".processes()), __import__('ipyproctrack')._notebook.current_session()"
+            ".refresher.budget.deferred]"
+        )
+        kernel.ok("%proctrack_cleanup")
     finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=False)
-    times = sorted(m["received"] for m in msgs if m["msg_type"] == "comm_msg")
+        kernel.close()
+    times = sorted(m["received"] for m in result.of("comm_msg"))
     worst = max((sum(1 for t in times if s <= t < s + 1.0) for s in times), default=0)
     used = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     return {

@@ -16,6 +16,23 @@ from jupyter_client.manager import KernelManager
 REPO = Path(__file__).resolve().parents[1]
 GRACE = 1.0
 
+# A %%tracked cell flooding stdout ({lines} lines of ~100 bytes every 20 ms) and stderr.
+FLOODER = """\
+%%tracked flood{i}
+python -c '
+import sys, time
+pad = "x" * 80
+n = 0
+while True:
+    n += 1
+    sys.stdout.write("".join(f"flood{i} {{n}}.{{k}} {{pad}}\\n" for k in range({lines})))
+    sys.stdout.flush()
+    sys.stderr.write(f"flood{i} err {{n}}\\n")
+    time.sleep(0.02)
+'
+"""
+
+
 @dataclass
 class Result:
     msgs: list[dict[str, Any]] = field(default_factory=list)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _kernels import Kernel, Result, free_port, http_status
+from _kernels import FLOODER, Kernel, Result, free_port, http_status
 from _procs import is_alive, wait_dead
 from _trees import read_nasty_pids, start_nasty, wait_nasty_ready
 
@@ -167,20 +167,6 @@ def test_widget_updates_while_a_cell_blocks(shared: Kernel) -> None:
     assert "all gone" in shared.ok("%proctrack_cleanup ticker").text()
 
 
-FLOODER = """\
-%%tracked flood{i}
-python -c '
-import sys, time
-pad = "x" * 80
-n = 0
-while True:
-    n += 1
-    sys.stdout.write("".join(f"flood{i} {{n}}.{{k}} {{pad}}\\n" for k in range({lines})))
-    sys.stdout.flush()
-    sys.stderr.write(f"flood{i} err {{n}}\\n")
-    time.sleep(0.02)
-'
-"""
 SESSION = "__import__('ipyproctrack')._notebook.current_session()"
 
 
