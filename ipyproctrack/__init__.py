@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ._engine.drain import OutputChunk
 from ._engine.ready import CallableReady, HttpReady, OutputReady, PortReady, ReadinessCheck
+from ._engine.state import Phase, ProcessState
 from ._engine.teardown import CleanupReport, ProcessInfo, ProcessOutcome
 from ._engine.tracker import TrackedProcess, Tracker
 from ._errors import (
@@ -43,11 +44,13 @@ __all__ = (
     "NotReadyError",
     "OutputChunk",
     "OutputReady",
+    "Phase",
     "PortInUseError",
     "PortReady",
     "ProcTrackError",
     "ProcessInfo",
     "ProcessOutcome",
+    "ProcessState",
     "ReadinessCheck",
     "ReadyTimeout",
     "TrackedProcess",

@@ -20,6 +20,7 @@ from ipyproctrack import (
     LaunchError,
     NameInUseError,
     OutputChunk,
+    Phase,
     Tracker,
     UnknownProcessError,
 )
@@ -277,7 +278,7 @@ def test_async_twins(tmp_path: Path) -> None:
 def test_exit_code_and_stop_report(tracker: Tracker) -> None:
     proc = tracker.start("exit 3", name="three")
     assert proc.wait(10) == 3
-    assert proc.state == "exited 3"
+    assert str(proc.state) == "exited 3" and proc.state.phase is Phase.EXITED
     report = proc.stop()
     assert [o.ended_by for o in report.outcomes] == ["exited"]
 
@@ -340,7 +341,7 @@ def test_env_i_daemon_is_found_through_the_subreaper(tracker: Tracker, tmp_path:
 def test_signal_death_and_no_helper_left(tracker: Tracker) -> None:
     proc = tracker.start("kill -TERM $$", name="selfkill")
     assert proc.wait(10) == -15
-    assert proc.state == "exited -15"
+    assert str(proc.state) == "killed by SIGTERM" and proc.state.returncode == -15
     assert proc._drained.wait(10)  # the keeper exits once its subtree is empty
     for helper in proc._helpers:
         assert wait_dead([(helper.pid, helper.create_time)], 2.0) == []
@@ -520,7 +521,7 @@ def test_a_readiness_check_that_breaks_leaves_nothing(tracker: Tracker) -> None:
 def test_a_stopped_process_reads_stopped_as_soon_as_it_exits(tracker: Tracker) -> None:
     states: list[str] = []
     proc = tracker.start("exec sleep 60", name="s")
-    proc.on_exit(lambda p: states.append(p.state))
+    proc.on_exit(lambda p: states.append(str(p.state)))
     proc.stop(grace=1.0)
     assert _wait_for(lambda: bool(states))
     assert states == ["stopped"]

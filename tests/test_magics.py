@@ -27,7 +27,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from traitlets import TraitError
 
 import ipyproctrack._notebook as nb
-from ipyproctrack import PortReady, TrackedProcess
+from ipyproctrack import Phase, PortReady, ProcessState, TrackedProcess
 from ipyproctrack._engine.naming import base_name
 from ipyproctrack._notebook import lifecycle
 from ipyproctrack._notebook.magics import parse_env
@@ -275,7 +275,7 @@ def test_proctrack_table(ip: InteractiveShell) -> None:
                               "log"]
     srv = next(r for r in rows if r.startswith("srv"))
     port = int(re.search(r"port (\d+)", nb.get_process("srv").tail(5)).group(1))  # type: ignore[union-attr]
-    assert "running (ready in" in srv and f"  {port}  " in srv and "MiB" in srv
+    assert "running · ready in" in srv and f"  {port}  " in srv and "MiB" in srv
     assert re.search(r"^done .* exited 0 ", text, re.M)
     html = table._repr_html_()
     assert html.count("<tr>") == 3 and "srv" in html and str(port) in html
@@ -437,7 +437,7 @@ class _Ended:
 
     def __init__(self) -> None:
         self.name, self.pid, self.returncode, self.stopped = "ended", 4242, 0, False
-        self.ready_state = None
+        self.state = ProcessState(Phase.EXITED, 0)
         self.started_at, self.command, self.log_path = time.time(), "echo", Path("ended.log")
         self.output_done, self.output_version = False, 1
         self.chunks = [("stdout", "first\n")]

@@ -134,7 +134,7 @@ def test_server_ready_in_the_very_next_cell(shared: Kernel) -> None:
     shown = [m["content"]["data"].get("text/plain", "")
              for m in result.of("display_data") + result.of("update_display_data")]
     assert shown and shown[0] == "web: starting…", shown
-    assert re.fullmatch(r"web: pid \d+ running; ready in \d+\.\d\d s", shown[-1]), shown
+    assert re.fullmatch(r"web: pid \d+ running · ready in \d+\.\d\d s", shown[-1]), shown
     # and its header badge (sent by the refresher, so look in a later cell too)
     later = shared.ok("import time; time.sleep(1)")
     headers = [json.dumps(m["content"].get("data", {}))
@@ -195,7 +195,7 @@ def test_widget_is_live_during_the_wait(shared: Kernel) -> None:
     assert any("early line" in t for t in texts), texts  # live output while waiting
     assert any(f"pid {pid}" in t and "starting…" in t for t in texts), texts
     shown = [m["content"]["data"].get("text/plain", "") for m in result.of("update_display_data")]
-    assert re.fullmatch(r"chatty: pid \d+ running; ready in \d+\.\d\d s", shown[-1]), shown
+    assert re.fullmatch(r"chatty: pid \d+ running · ready in \d+\.\d\d s", shown[-1]), shown
 
 
 # ----------------------------------------------------------------------------- 3. timeout

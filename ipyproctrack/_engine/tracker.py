@@ -37,6 +37,7 @@ from .._errors import (
 )
 from .drain import STDERR, STDOUT, OutputChunk, OutputSink, RotatingLog
 from .naming import base_name, free_name
+from .state import Phase, ProcessState
 from .teardown import (
     CleanupReport,
     ProcessInfo,
@@ -140,12 +141,19 @@ class TrackedProcess:
         return f"<TrackedProcess {self.name!r} pid={self.pid} {self.state}>"
 
     @property
-    def state(self) -> str:
-        if self.returncode is None:
-            return "starting" if self.ready_state == "starting" else "running"
-        if self.stopped:
-            return "stopped"
-        return f"exited {self.returncode}"
+    def state(self) -> ProcessState:
+        """The state machine's current state (see ``_engine/state.py``)."""
+        rc, ready = self.returncode, self.ready_state
+        if ready == "failed":
+            phase = Phase.FAILED
+        elif rc is None:
+            phase = {"starting": Phase.STARTING, "ready": Phase.READY}.get(
+                ready or "", Phase.RUNNING)
+        elif self.stopped:
+            phase = Phase.STOPPED
+        else:
+            phase = Phase.KILLED if rc < 0 else Phase.EXITED
+        return ProcessState(phase, rc, self.ready_seconds if ready == "ready" else None)
 
     def is_running(self) -> bool:
         """True while the root command runs (its tree may outlive it: see tree())."""

@@ -84,34 +84,9 @@ def format_bytes(n: int | None) -> str:
     return f"{value:.1f} TiB"  # pragma: no cover - unreachable
 
 
-def _signal_name(code: int) -> str:
-    import signal
-
-    try:
-        return signal.Signals(-code).name
-    except ValueError:
-        return f"signal {-code}"
-
-
 def process_state(proc: TrackedProcess) -> str:
-    """``starting``, ``running``, ``stopped``, ``exited 0`` or ``killed by SIGKILL``."""
-    code = proc.returncode
-    if code is None:
-        if getattr(proc, "ready_state", None) == "starting":
-            return "starting"
-        return "running"
-    if proc.stopped:
-        return "stopped"
-    if code < 0:
-        return f"killed by {_signal_name(code)}"
-    return f"exited {code}"
-
-
-def _ready_note(proc: TrackedProcess) -> str:
-    seconds = getattr(proc, "ready_seconds", None)
-    if getattr(proc, "ready_state", None) == "ready" and seconds is not None:
-        return f"ready in {seconds:.2f} s"
-    return ""
+    """The state machine's one wording (``ProcessState.describe``)."""
+    return proc.state.describe()
 
 
 def status_line(proc: TrackedProcess, *, full: bool = True) -> str:
@@ -119,9 +94,6 @@ def status_line(proc: TrackedProcess, *, full: bool = True) -> str:
 
     ``full=False``: without log path and command (the widget's text form)."""
     parts = [f"{proc.name}: pid {proc.pid} {process_state(proc)}"]
-    note = _ready_note(proc)
-    if note:
-        parts.append(note)
     if not full:
         return "; ".join(parts)
     parts.append(f"log {proc.log_path}")
@@ -338,7 +310,7 @@ _COLUMNS = ("name", "pid", "state", "uptime", "procs", "CPU", "RSS", "ports", "l
 
 
 def _badge_color(state: str) -> str:
-    if state.startswith("running") or state.startswith("ready"):
+    if state.startswith("running"):
         return "#2e7d32"
     if state.startswith("starting") or state.startswith("restarting"):
         return "#f9a825"
@@ -368,9 +340,6 @@ class ProcessTable:
         rows: list[tuple[str, ...]] = []
         for proc, st in zip(self.procs, self.stats, strict=True):
             state = process_state(proc)
-            note = _ready_note(proc)
-            if note and proc.returncode is None:
-                state = f"{state} ({note})"
             running = proc.returncode is None or st.count > 0
             rows.append(
                 (

@@ -282,14 +282,7 @@ class ProcessWidget:
             return "restarting…"
         if proc is None:
             return f"starting… {format_clock(now - self.created)}"
-        state = process_state(proc)
-        if state == "starting":
-            return "starting…"
-        if state == "running" and getattr(proc, "ready_state", None) == "ready":
-            seconds = getattr(proc, "ready_seconds", None)
-            if seconds is not None:
-                return f"running · ready in {seconds:.2f} s"
-        return state
+        return process_state(proc)
 
     def _header_html(self, now: float) -> str:
         proc = self.proc
@@ -411,7 +404,7 @@ class ProcessWidget:
 
 
 def _state_key(proc: TrackedProcess) -> tuple[object, ...]:
-    return (proc.ready_state, proc.returncode)
+    return (proc.state,)
 
 
 def _short(text: str, limit: int = 120) -> str:
