@@ -4,6 +4,11 @@ Kept fast on purpose (design.md fact 9): the teardown, ``tree()`` and the widget
 over and over. Each file is read with one ``open``/``read``/``close`` relative to an open
 ``/proc`` directory, kernel threads' environments are never read, and only the two tag
 values of a tagged environment are decoded.
+
+Reading another process's environment is most of a scan's cost (the kernel walks that
+process's memory). ``/proc/<pid>/environ`` is the environment of the last exec, so a
+scan remembers the tags it read per (pid, command name, start time): the same process
+that has not exec'd a program of another name since. Only new ones are read again.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ _SESSION_KEY = b"IPYPROCTRACK_SESSION="
 _PROCESS_KEY = b"IPYPROCTRACK_PROCESS="
 _KTHREADD = 2  # the parent of every kernel thread: they have no environment to read
 _READ = 1 << 14
+_NO_TAGS: tuple[str | None, str | None] = (None, None)
+# (stat up to the end of the command name, start ticks) -> tags, from the last scan
+_tag_cache: dict[tuple[bytes, bytes], tuple[str | None, str | None]] = {}
 
 
 def _read(path: str, dir_fd: int | None = None, size: int = _READ) -> bytes:
@@ -100,8 +108,10 @@ def record(pid: int, *, with_tags: bool = False) -> ProcRecord | None:
 
 def scan(*, with_tags: bool = True) -> dict[int, ProcRecord]:
     """Every visible process (kernel threads included, never their environment)."""
+    global _tag_cache
     boot, tck = boot_time(), CLK_TCK
     out: dict[int, ProcRecord] = {}
+    old, cache = _tag_cache, {}
     dfd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for name in os.listdir(dfd):
@@ -113,24 +123,37 @@ def scan(*, with_tags: bool = True) -> dict[int, ProcRecord]:
                     raw = os.read(fd, 1024)
                 finally:
                     os.close(fd)
-                f = raw[raw.rfind(b")") + 2 :].split(b" ", 20)
+                end = raw.rfind(b")")
+                f = raw[end + 2 :].split(b" ", 20)
                 ppid, zombie = int(f[1]), f[0] in (b"Z", b"X")
                 pid = int(name)
                 rec = ProcRecord(pid, ppid, boot + int(f[19]) / tck, int(f[2]), int(f[3]), zombie)
             except (OSError, ValueError, IndexError):
                 continue  # gone meanwhile
             out[pid] = rec
-            if with_tags and not zombie and ppid != _KTHREADD and pid != _KTHREADD:
+            if not with_tags or zombie or ppid == _KTHREADD or pid == _KTHREADD:
+                continue
+            key = (raw[:end], f[19])
+            tags = old.get(key)
+            if tags is None:
                 try:
                     env = _read(name + "/environ", dfd)
                 except OSError:  # another user's process, or gone
-                    continue
-                if _MARK in env:
-                    rec.session_tag = _value(env, _SESSION_KEY)
-                    rec.process_tag = _value(env, _PROCESS_KEY)
+                    env = b""
+                tags = _tags(env) if _MARK in env else _NO_TAGS
+            cache[key] = tags
+            rec.session_tag, rec.process_tag = tags
     finally:
         os.close(dfd)
+    if with_tags:
+        _tag_cache = cache
     return out
+
+
+def forget_tags() -> None:
+    """Drop the remembered tags: the next scan reads every environment (benchmarks)."""
+    global _tag_cache
+    _tag_cache = {}
 
 
 def command(pid: int) -> str:
