@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 
 TYPE_CHECKING = False
@@ -22,6 +21,8 @@ def popen_kwargs() -> dict[str, Any]:
 
 
 def shell_argv(script: str) -> list[str]:
+    import shutil  # here: it pulls in re and fnmatch, which the keeper never needs
+
     shell = shutil.which("bash") or "/bin/sh"
     return [shell, "-c", script]
 
