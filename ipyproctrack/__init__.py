@@ -2,45 +2,78 @@
 
 Use the engine from plain Python (``Tracker``) or load the IPython extension with
 ``%load_ext ipyproctrack``.
+
+The public names load lazily (PEP 562): ``import ipyproctrack._proc`` (what the keeper
+runs) loads only the standard library, not anyio, psutil or IPython.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
 
-from ._engine.drain import OutputChunk
-from ._engine.ready import CallableReady, HttpReady, OutputReady, PortReady, ReadinessCheck
-from ._engine.state import Phase, ProcessState
-from ._engine.teardown import CleanupReport, ProcessInfo, ProcessOutcome
-from ._engine.tracker import TrackedProcess, Tracker
-from ._errors import (
-    AccessDenied,
-    ExitedBeforeReady,
-    LaunchError,
-    NameInUseError,
-    NoSuchProcess,
-    NotReadyError,
-    PortInUseError,
-    ProcTrackError,
-    ReadyTimeout,
-    TrackerClosedError,
-    UnknownProcessError,
-)
-
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
+    from ._engine.drain import OutputChunk
+    from ._engine.ready import (
+        CallableReady,
+        HttpReady,
+        OutputReady,
+        PortReady,
+        ReadinessCheck,
+    )
+    from ._engine.state import Phase, ProcessState
+    from ._engine.tracker import TrackedProcess, Tracker
+    from ._proc.discovery import ProcessInfo
+    from ._proc.teardown import CleanupReport, ProcessOutcome
+    from .errors import (
+        ExitedBeforeReady,
+        LaunchError,
+        NameInUseError,
+        NotReadyError,
+        PortInUseError,
+        ProcTrackError,
+        ReadyTimeout,
+        TrackerClosedError,
+        UnknownProcessError,
+    )
+
 __version__ = "0.1.0"
 
+# public name -> the module that defines it
+_WHERE = {
+    "CallableReady": "._engine.ready",
+    "CleanupReport": "._proc.teardown",
+    "ExitedBeforeReady": ".errors",
+    "HttpReady": "._engine.ready",
+    "LaunchError": ".errors",
+    "NameInUseError": ".errors",
+    "NotReadyError": ".errors",
+    "OutputChunk": "._engine.drain",
+    "OutputReady": "._engine.ready",
+    "Phase": "._engine.state",
+    "PortInUseError": ".errors",
+    "PortReady": "._engine.ready",
+    "ProcTrackError": ".errors",
+    "ProcessInfo": "._proc.discovery",
+    "ProcessOutcome": "._proc.teardown",
+    "ProcessState": "._engine.state",
+    "ReadinessCheck": "._engine.ready",
+    "ReadyTimeout": ".errors",
+    "TrackedProcess": "._engine.tracker",
+    "Tracker": "._engine.tracker",
+    "TrackerClosedError": ".errors",
+    "UnknownProcessError": ".errors",
+}
+
 __all__ = (
-    "AccessDenied",
     "CallableReady",
     "CleanupReport",
     "ExitedBeforeReady",
     "HttpReady",
     "LaunchError",
     "NameInUseError",
-    "NoSuchProcess",
     "NotReadyError",
     "OutputChunk",
     "OutputReady",
@@ -62,6 +95,19 @@ __all__ = (
     "tracked",
     "unload_ipython_extension",
 )
+
+
+def __getattr__(name: str) -> object:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # once loaded, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 def load_ipython_extension(ip: InteractiveShell) -> None:

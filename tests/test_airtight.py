@@ -158,7 +158,7 @@ def check_tree(
     assert psutil.Process(env_i).ppid() == keeper, "the env -i daemon escaped the subreaper"
     environ = Path(f"/proc/{env_i}/environ").read_bytes()
     assert b"IPYPROCTRACK_" not in environ, "the env -i daemon is not untagged"
-    assert "_keeper.py" in " ".join(psutil.Process(keeper).cmdline())
+    assert "_keeper/__main__.py" in " ".join(psutil.Process(keeper).cmdline())
     return tree
 
 

@@ -26,7 +26,7 @@ from ipyproctrack import (
 )
 from ipyproctrack import _platform as plat
 from ipyproctrack._engine.drain import RotatingLog
-from ipyproctrack._engine.teardown import ProcId, Target, run_teardown
+from ipyproctrack._proc import ProcId, Target, discovery_name, run_teardown, send_signal
 
 PY = sys.executable
 
@@ -139,7 +139,7 @@ def test_pid_reuse_record_is_never_signalled(tmp_path: Path) -> None:
         ct = create_time(victim.pid)
         assert ct is not None
         stale = ProcId(victim.pid, ct - 100.0)  # same pid, another process's identity
-        assert plat.send_signal(stale.pid, stale.create_time, "term") == "gone"
+        assert send_signal(stale, "term") == "gone"
         report = run_teardown(
             [Target(name="old", root=stale, tag="no-such-tag", group=victim.pid)], grace=0.2
         )
@@ -296,7 +296,7 @@ def test_without_psutil(tmp_path: Path) -> None:
     out = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     discovery, count, ok = out.stdout.split()
-    assert discovery == plat.DISCOVERY
+    assert discovery == discovery_name()
     assert int(count) == 3 and ok == "True"
 
 
@@ -529,26 +529,25 @@ def test_a_stopped_process_reads_stopped_as_soon_as_it_exits(tracker: Tracker) -
 
 @pytest.mark.skipif(not plat.IS_LINUX, reason="runs the POSIX fallback on Linux")
 def test_posix_without_psutil_still_ends_the_group(tmp_path: Path) -> None:
-    # What macOS without psutil gets: no process table at all, only the launch's group.
-    # Run here by switching our own platform layer to its POSIX fallback.
+    # What macOS without psutil gets: the `ps` scan (no tags: procps has no `ps -E`) and
+    # the launch's group. Run here by switching the scanner to ps.
     code = (
         "import sys; sys.modules['psutil'] = None\n"
-        "import ipyproctrack._platform as plat, ipyproctrack._platform.posix as posix\n"
-        "for name in ('scan_processes', 'get_record', 'command_of', 'send_signal'):\n"
-        "    setattr(plat, name, getattr(posix, name))\n"
+        "from ipyproctrack._proc import scan\n"
+        "scan.use_scanner(scan.PS)\n"
         "from ipyproctrack import Tracker\n"
         f"t = Tracker(log_dir={str(tmp_path)!r})\n"
         "p = t.start('sleep 60 & exec sleep 60', name='x')\n"
         "import time; time.sleep(0.5)\n"
         "print(open(f'/proc/{p.pid}/stat').read().split()[4])\n"  # the group it sits in
         "r = t.close(grace=0.5)\n"
-        "print(p.wait(5), posix.DISCOVERY)\n"
+        "print(p.wait(5), scan.discovery_name())\n"
     )
     out = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     pgid, returncode, discovery = out.stdout.split()
-    assert discovery == "groups"
-    assert returncode == "-15"  # ended by the group SIGTERM, nothing else could find it
+    assert discovery == "ps"
+    assert returncode == "-15"  # ended by SIGTERM
     assert _wait_for(lambda: _live_in_group(pgid) == [], 3.0), _live_in_group(pgid)
 
 

@@ -1,4 +1,4 @@
-"""The POSIX keeper (ipyproctrack/_keeper.py) and its client, with real processes (Linux).
+"""The POSIX keeper (ipyproctrack/_keeper/) and its client, with real processes (Linux).
 
 Each test tags what it starts with its own unique IPYPROCTRACK_SESSION value, so the
 conftest leak check sees it, and the ``started`` fixture SIGKILLs by identity whatever the
@@ -26,16 +26,17 @@ import pytest
 from _procs import create_time, is_alive, kill_by_identity, tagged_processes, wait_dead
 from _trees import read_nasty_pids, start_nasty, wait_nasty_ready
 
-from ipyproctrack import _keeper
-from ipyproctrack._errors import LaunchError
-from ipyproctrack._platform.keeper_client import (
+from ipyproctrack._keeper import main as keeper_main
+from ipyproctrack._keeper.client import (
     KEEPER_PATH,
     KeptProcess,
     keeper_argv,
     make_lifeline,
-    read_status_events,
     spawn_kept,
 )
+from ipyproctrack._keeper.protocol import encode_event, read_status_events
+from ipyproctrack._proc import procfs, scan
+from ipyproctrack.errors import LaunchError
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the keeper tests use /proc and the subreaper"
@@ -153,7 +154,6 @@ def kept(
     argv: list[str],
     *,
     out: int = subprocess.DEVNULL,
-    keeper_teardown: str = "engine",
     subreaper: bool = True,
 ) -> KeptProcess:
     tag = started.tag()
@@ -170,7 +170,6 @@ def kept(
             subreaper=subreaper,
             tag=tag,
             session=started.session,
-            keeper_teardown=keeper_teardown,
         )
     finally:
         os.close(null)
@@ -199,7 +198,7 @@ def read_events(fd: int, timeout: float, *, until: str | None = None) -> list[di
 
 
 def ppid_of(pid: int) -> int | None:
-    st = _keeper.read_stat(pid)
+    st = procfs.read_stat(pid)
     return st[1] if st is not None else None
 
 
@@ -239,7 +238,7 @@ def test_command_runs_under_keeper_and_exit_code_arrives(
     assert kp.pid != kp.keeper.pid
     assert ppid_of(kp.pid) == kp.keeper.pid
     assert kp.subreaper is True
-    assert kp.start_time == _keeper.process_start_time(kp.pid) > 0
+    assert kp.start_time == scan.start_seconds(kp.pid) > 0
     # the command runs in the keeper's own session/group, which is not ours
     assert os.getpgid(kp.pid) == kp.keeper.pid == os.getsid(kp.pid)
     events = read_events(kp.status_fd, 10)
@@ -320,7 +319,7 @@ def test_missing_cwd_and_empty_command(started: Started, lifeline: tuple[int, in
 def test_keeper_does_not_start_when_the_kernel_is_gone(started: Started) -> None:
     """A kernel pid that is already dead: nothing is spawned, an error is reported."""
     dead = subprocess.Popen([SH, "-c", "exit 0"])
-    dead_start = _keeper.process_start_time(dead.pid) or 1.0
+    dead_start = scan.start_seconds(dead.pid) or 1.0
     dead.wait()
     r, w = os.pipe()
     config = {
@@ -328,7 +327,7 @@ def test_keeper_does_not_start_when_the_kernel_is_gone(started: Started) -> None
         "lifeline_fd": -1,
         "status_fd": w,
         "kernel_pid": dead.pid,
-        "kernel_create_time": dead_start,
+        "kernel_start": dead_start,
         "grace": GRACE,
         "subreaper": True,
         "tag": started.tag(),
@@ -395,10 +394,7 @@ def test_keeper_exits_once_command_and_orphans_are_gone(
 # --- the lifeline closed on purpose, in this process -------------------------------------
 
 
-@pytest.mark.parametrize("teardown", ["engine", "fallback"])
-def test_closing_the_lifeline_tears_the_launch_down(
-    started: Started, tmp_path: Path, teardown: str
-) -> None:
+def test_closing_the_lifeline_tears_the_launch_down(started: Started, tmp_path: Path) -> None:
     r, w = make_lifeline()
     started.fds.append(r)
     pidfile = tmp_path / "tree.pids"
@@ -407,7 +403,6 @@ def test_closing_the_lifeline_tears_the_launch_down(
             started,
             (r, w),
             ["bash", "-c", SMALL_TREE, "tree", str(pidfile)],
-            keeper_teardown=teardown,
         )
         members = [started.note(pid) for pid in read_pidfile(pidfile, SMALL_TREE_COUNT).values()]
     finally:
@@ -417,7 +412,6 @@ def test_closing_the_lifeline_tears_the_launch_down(
     assert events[0] == {"event": "teardown", "reason": "lifeline"}
     assert {"event": "exited", "returncode": -signal.SIGTERM} in events
     assert events[-1]["event"] == "teardown_done"
-    assert events[-1]["by"] == teardown
     assert kp.keeper.wait(timeout=5) == 128 + signal.SIGTERM
     idents = [m for m in members if m is not None]
     assert wait_dead(idents, 1.0) == []
@@ -467,7 +461,7 @@ def test_keeper_works_with_fd_numbers_above_1024(started: Started) -> None:
 FAKE_KERNEL = textwrap.dedent(
     """\
     import json, multiprocessing, os, sys, time
-    from ipyproctrack._platform.keeper_client import make_lifeline, spawn_kept
+    from ipyproctrack._keeper.client import make_lifeline, spawn_kept
     cfg = json.loads(sys.argv[1])
     r, w = make_lifeline()
     mp_pid = None
@@ -480,8 +474,7 @@ FAKE_KERNEL = textwrap.dedent(
     kp = spawn_kept(cfg["argv"], cwd=cfg["cwd"], env=env, stdout=null, stderr=null,
                     lifeline_fd=r, grace=cfg["grace"], subreaper=cfg["subreaper"],
                     tag=cfg["tags"]["IPYPROCTRACK_PROCESS"],
-                    session=cfg["tags"]["IPYPROCTRACK_SESSION"],
-                    keeper_teardown=cfg["teardown"])
+                    session=cfg["tags"]["IPYPROCTRACK_SESSION"])
     print(json.dumps({"keeper": kp.keeper.pid, "command": kp.pid, "mp": mp_pid}), flush=True)
     time.sleep(600)
     """
@@ -493,7 +486,6 @@ def run_fake_kernel(
     argv: list[str],
     *,
     fork_child: bool,
-    teardown: str,
     subreaper: bool = True,
 ) -> tuple[subprocess.Popen[bytes], dict[str, int | None]]:
     tag = started.tag()
@@ -502,7 +494,6 @@ def run_fake_kernel(
         "cwd": str(REPO),
         "grace": GRACE,
         "fork_child": fork_child,
-        "teardown": teardown,
         "subreaper": subreaper,
         "tags": {"IPYPROCTRACK_SESSION": started.session, "IPYPROCTRACK_PROCESS": tag},
     }
@@ -539,13 +530,12 @@ def kill_kernel_and_wait(
     return took
 
 
-@pytest.mark.parametrize("teardown", ["engine", "fallback"])
-def test_kernel_sigkill_leaves_nothing(started: Started, tmp_path: Path, teardown: str) -> None:
+def test_kernel_sigkill_leaves_nothing(started: Started, tmp_path: Path) -> None:
     """The nasty tree (SIGTERM ignorer, `env -i` double-forked daemon, ...) under a fake
     kernel that is SIGKILLed: every process, the keeper included, is gone in 3 s + grace."""
     command, pidfile = start_nasty(tmp_path, env_i=True)
     kernel, pids = run_fake_kernel(
-        started, ["bash", "-c", command], fork_child=False, teardown=teardown
+        started, ["bash", "-c", command], fork_child=False
     )
     wait_nasty_ready(pidfile)
     members = [(pid, ct) for role, pid, ct in read_nasty_pids(pidfile) if role != "zombie"]
@@ -567,7 +557,6 @@ def test_forked_child_holding_the_lifeline_does_not_delay_cleanup(
         started,
         ["bash", "-c", SMALL_TREE, "tree", str(pidfile)],
         fork_child=True,
-        teardown="engine",
     )
     mp_pid, keeper = pids["mp"], pids["keeper"]
     assert mp_pid is not None and keeper is not None
@@ -603,9 +592,8 @@ def _start_tagged_daemon_without_subreaper(
     return ident
 
 
-@pytest.mark.parametrize("teardown", ["engine", "fallback"])
 def test_no_subreaper_keeper_stays_for_a_tagged_daemon_and_tears_it_down(
-    started: Started, tmp_path: Path, teardown: str
+    started: Started, tmp_path: Path
 ) -> None:
     """Without a subreaper the keeper has no child left once the command exits, but the
     tagged daemon lives on: the keeper stays its watchdog and ends it with the kernel."""
@@ -614,7 +602,6 @@ def test_no_subreaper_keeper_stays_for_a_tagged_daemon_and_tears_it_down(
         started,
         [SH, "-c", TAGGED_DAEMON, "daemon", str(pidfile)],
         fork_child=False,
-        teardown=teardown,
         subreaper=False,
     )
     keeper, command = pids["keeper"], pids["command"]
@@ -650,17 +637,26 @@ def test_no_subreaper_keeper_exits_once_the_tagged_daemon_is_gone(
 
 
 def test_read_status_events_is_incremental() -> None:
+    started = encode_event({"event": "started", "pid": 5, "start_time": 1.5, "subreaper": True})
+    exited = encode_event({"event": "exited", "returncode": -9})
     buf = bytearray()
-    assert read_status_events(buf, b'{"event": "sta') == []
-    assert read_status_events(buf, b'rted", "pid": 5}\nnot json\n[1]\n{"event"') == [
-        {"event": "started", "pid": 5}
+    assert read_status_events(buf, started[:7]) == []
+    assert read_status_events(buf, started[7:] + b"not an event\npid=3\n" + exited[:9]) == [
+        {"event": "started", "pid": 5, "start_time": 1.5, "subreaper": True}
     ]
-    assert read_status_events(buf, b': "exited", "returncode": -9}\n') == [
-        {"event": "exited", "returncode": -9}
-    ]
+    assert read_status_events(buf, exited[9:]) == [{"event": "exited", "returncode": -9}]
     assert buf == b""
     read_status_events(buf, b"x" * 70000)
     assert buf == b""  # a runaway line is dropped, not kept
+
+
+def test_status_event_text_survives_tabs_and_newlines() -> None:
+    message = "a\tb\nc\\d=e"
+    line = encode_event({"event": "error", "errno": 2, "message": message})
+    assert line.count(b"\n") == 1
+    assert read_status_events(bytearray(), line) == [
+        {"event": "error", "errno": 2, "message": message}
+    ]
 
 
 def test_fallback_ps_scan_finds_descendants(started: Started) -> None:
@@ -681,19 +677,95 @@ def _check_ps_scan(child: subprocess.Popen[bytes]) -> None:
         5,
         "no grandchild",
     )
-    scan = _keeper._Scan(os.getpid(), "", exclude=())
-    proc_view = scan.targets()
-    saved = _keeper._HAS_PROC
-    _keeper._HAS_PROC = False
-    try:
-        ps_view = scan.targets()
-    finally:
-        _keeper._HAS_PROC = saved
+    proc_view = scan.PROCFS.scan(with_tags=False)
+    ps_view = scan.PS.scan(with_tags=False)
     assert child.pid in proc_view and child.pid in ps_view
-    grandchildren = {p for p in proc_view if ppid_of(p) == child.pid}
-    assert grandchildren and grandchildren <= set(ps_view)
-    assert isinstance(ps_view[child.pid], str)  # ps identities are lstart text
+    grandchildren = {p for p, r in proc_view.items() if r.ppid == child.pid}
+    assert grandchildren and grandchildren <= {p for p, r in ps_view.items() if r.ppid == child.pid}
+    for pid in (child.pid, *grandchildren):  # ps's lstart has whole seconds
+        assert abs(ps_view[pid].create_time - proc_view[pid].create_time) < 1.5
+        assert ps_view[pid].pgid == proc_view[pid].pgid == child.pid
 
 
-def test_keeper_path_is_the_module() -> None:
-    assert KEEPER_PATH.samefile(Path(_keeper.__file__))
+def test_keeper_path_is_the_package_main() -> None:
+    assert KEEPER_PATH.samefile(Path(keeper_main.__file__).parent / "__main__.py")
+
+
+# --- what the kill path loads; the engine without psutil ----------------------------------
+
+KILL_PATH = textwrap.dedent(
+    """\
+    import os, sys
+    sys.path.insert(0, sys.argv[1])  # -I -S: the keeper's own interpreter set-up
+    from ipyproctrack._keeper.main import Keeper
+    from ipyproctrack._keeper.protocol import config_arg, read_config
+    tag = sys.argv[2]
+    env = dict(os.environ, IPYPROCTRACK_PROCESS=tag)
+    tree = "sleep 1000 & (trap '' TERM; exec sleep 1000) & wait"
+    root = os.posix_spawnp("sh", ["sh", "-c", tree], env)
+    keeper = Keeper(read_config(config_arg({"argv": ["sh"], "tag": tag, "grace": 0.3})))
+    keeper.main_pid = root
+    while len([p for p in os.listdir("/proc") if p.isdigit()
+               and open(f"/proc/{p}/stat").read().split()[3] == str(root)]) < 2:
+        pass  # both children forked (a bounded spin: the test has a timeout)
+    print(" ".join(p for p in os.listdir("/proc") if p.isdigit()
+                   and open(f"/proc/{p}/stat").read().split()[3] == str(root)), flush=True)
+    keeper.teardown()
+    print(" ".join(m for m in ("psutil", "anyio", "subprocess", "json") if m in sys.modules))
+    print(keeper.main_rc)
+    """
+)
+
+
+def test_the_keepers_kill_path_imports_no_psutil_anyio_or_subprocess(started: Started) -> None:
+    """The keeper's teardown, run as the keeper runs it (``-I -S``, its own sys.path)
+    against a real tree with a SIGTERM ignorer: it ends the tree and loads neither psutil,
+    anyio, subprocess nor json."""
+    tag = started.tag()
+    proc = started.popen(subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", KILL_PATH, str(REPO), tag],
+        stdout=subprocess.PIPE, env=started.env(tag), start_new_session=True,
+    ))
+    assert proc.stdout is not None
+    children = [started.note(int(p)) for p in proc.stdout.readline().split()]
+    assert len(children) == 2 and all(children)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    loaded, rc = out.decode().split("\n")[:2]
+    assert loaded == ""
+    assert rc == str(-signal.SIGTERM)  # the root shell, reaped through the keeper's reap
+    assert wait_dead([c for c in children if c], 1.0) == []
+
+
+WITHOUT_PSUTIL = textwrap.dedent(
+    """\
+    import sys
+    sys.modules["psutil"] = None  # `import psutil` raises ImportError from here on
+    from ipyproctrack import Tracker
+    t = Tracker(log_dir=sys.argv[1], grace=0.5)
+    p = t.start("sleep 1000 & (trap '' TERM; exec sleep 1000) & wait", name="x")
+    import time
+    deadline = time.monotonic() + 10
+    while len(p.tree()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    print(" ".join(f"{i.pid}:{i.create_time!r}" for i in p.tree()), flush=True)
+    report = t.close()
+    print(report.ok, len(report.outcomes), "psutil" in sys.modules and sys.modules["psutil"])
+    """
+)
+
+
+def test_the_tracker_runs_without_psutil(started: Started, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPYPROCTRACK_")}
+    env["IPYPROCTRACK_SESSION"] = started.session  # the leak sweep finds what escapes
+    proc = started.popen(subprocess.Popen(
+        [sys.executable, "-c", WITHOUT_PSUTIL, str(tmp_path)], stdout=subprocess.PIPE, env=env
+    ))
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    first, second = out.decode().splitlines()[:2]
+    members = [(int(p), float(c)) for p, c in (m.split(":") for m in first.split())]
+    started.idents += members
+    assert len(members) == 3
+    assert second == "True 3 None"
+    assert wait_dead(members, 1.0) == []

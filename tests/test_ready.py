@@ -33,7 +33,7 @@ from ipyproctrack._engine.ready import (
     as_checks,
     wait_until_ready,
 )
-from ipyproctrack._errors import ExitedBeforeReady, PortInUseError, ReadyTimeout
+from ipyproctrack.errors import ExitedBeforeReady, PortInUseError, ReadyTimeout
 
 PY = sys.executable
 

@@ -16,7 +16,8 @@ import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .._errors import PortInUseError
+from .._proc.scan import command_of
+from ..errors import PortInUseError
 
 try:
     import psutil
@@ -153,15 +154,6 @@ def _proc_socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
-def _proc_command(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    return raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace") or None
-
-
 def _proc_listeners(port: int, host_ip: str) -> list[int | None] | None:
     """Pids (None where unseen) with a LISTEN socket on the port; None if no /proc tables."""
     sockets = _proc_listen_sockets()
@@ -182,14 +174,7 @@ def _proc_listeners(port: int, host_ip: str) -> list[int | None] | None:
 
 
 def _command(pid: int) -> str | None:
-    if not _HAVE_PSUTIL:
-        return _proc_command(pid)
-    try:
-        proc = psutil.Process(pid)
-        cmdline: list[str] = proc.cmdline()
-        return " ".join(cmdline) if cmdline else f"[{proc.name()}]"
-    except (psutil.Error, OSError):
-        return None
+    return command_of(pid) or None  # the one reader: /proc, psutil or ps
 
 
 def _psutil_listeners(port: int, host_ip: str) -> list[int | None] | None:

@@ -39,7 +39,7 @@ from typing import Protocol
 import anyio
 import anyio.to_thread
 
-from .._errors import ExitedBeforeReady, ReadyTimeout
+from ..errors import ExitedBeforeReady, ReadyTimeout
 
 __all__ = [
     "CallableReady",

@@ -28,7 +28,13 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from .. import _platform as plat
-from .._errors import (
+from .._keeper.client import make_lifeline, spawn_kept
+from .._keeper.protocol import read_status_events
+from .._proc.discovery import ProcessInfo, Target, discover, tree_of, trees_of
+from .._proc.identity import ProcId, create_time_from_start
+from .._proc.scan import get_record, scan_processes
+from .._proc.teardown import CleanupReport, run_teardown
+from ..errors import (
     LaunchError,
     NameInUseError,
     NotReadyError,
@@ -38,16 +44,6 @@ from .._errors import (
 from .drain import STDERR, STDOUT, OutputChunk, OutputSink, RotatingLog
 from .naming import base_name, free_name
 from .state import Phase, ProcessState
-from .teardown import (
-    CleanupReport,
-    ProcessInfo,
-    ProcId,
-    Target,
-    discover,
-    run_teardown,
-    tree_of,
-    trees_of,
-)
 
 if TYPE_CHECKING:
     from .ready import ReadinessCheck
@@ -475,7 +471,7 @@ class Tracker(AbstractContextManager["Tracker"]):
             if plat.USE_KEEPER:
                 # The keeper is the command's parent: a subreaper (Linux) and a watchdog
                 # that tears the tree down if this process dies without running any Python.
-                kept = plat.spawn_kept(
+                kept = spawn_kept(
                     argv, cwd=str(cwd), env=env, stdout=out_w, stderr=err_w,
                     lifeline_fd=self._lifeline_read(), grace=min(self.grace, 1.5),
                     subreaper=plat.HAS_SUBREAPER, tag=tag, session=self.session_tag,
@@ -507,16 +503,16 @@ class Tracker(AbstractContextManager["Tracker"]):
             pid = kept.pid
             # The keeper read the start time before anyone could reap the command, so it
             # cannot belong to a recycled pid; a fresh read is only the fallback.
-            ctime = plat.create_time_from_start(kept.start_time)
+            ctime = create_time_from_start(kept.start_time)
             if ctime is None:
-                rec = plat.get_record(pid)
+                rec = get_record(pid)
                 ctime = rec.create_time if rec else time.time()
-            keeper_rec = plat.get_record(popen.pid)
+            keeper_rec = get_record(popen.pid)
             helpers = (ProcId(popen.pid, keeper_rec.create_time if keeper_rec else 0.0),)
         else:
             pid = popen.pid
             self._containers[pid] = plat.contain(pid)  # Windows: a kill-on-close Job Object
-            rec = plat.get_record(pid)  # not reaped yet, so the pid cannot be reused
+            rec = get_record(pid)  # not reaped yet, so the pid cannot be reused
             ctime = rec.create_time if rec else time.time()
         proc = TrackedProcess(
             self, name=name, command=display, popen=popen, pid=pid,
@@ -534,7 +530,7 @@ class Tracker(AbstractContextManager["Tracker"]):
         """The read end every keeper watches; only this process holds the write end."""
         with self._lock:
             if self._lifeline is None:
-                self._lifeline = plat.make_lifeline()
+                self._lifeline = make_lifeline()
             return self._lifeline[0]
 
     def _close_lifeline(self) -> None:
@@ -583,7 +579,7 @@ class Tracker(AbstractContextManager["Tracker"]):
     def _owners(self) -> dict[int, str]:
         """pid -> tracked name for every live member of every tree, from one scan."""
         procs = self.processes()
-        found = discover([p._target() for p in procs], plat.scan_processes(), exclude=set())
+        found = discover([p._target() for p in procs], scan_processes(), exclude=set())
         return {pid: t.name for pid, (t, _, _) in found.items()}
 
     def _wait_ready(self, proc: TrackedProcess, timeout: float) -> float:
@@ -770,7 +766,7 @@ async def _follow_keeper(proc: TrackedProcess, fd: int) -> None:
                 continue
             if not data:
                 return
-            for event in plat.read_status_events(buf, data):
+            for event in read_status_events(buf, data):
                 if event.get("event") == "exited" and isinstance(event.get("returncode"), int):
                     rc = event["returncode"]
                     assert isinstance(rc, int)

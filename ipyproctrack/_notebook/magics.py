@@ -24,7 +24,7 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
 from ipyproctrack import HttpReady, OutputReady, PortReady
 from ipyproctrack._engine.naming import base_name
-from ipyproctrack._errors import NotReadyError, ProcTrackError
+from ipyproctrack.errors import NotReadyError, ProcTrackError
 
 from .config import grace_problem
 from .render import CleanupView, LogsView, ProcessTable, status_line

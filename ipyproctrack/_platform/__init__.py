@@ -1,84 +1,135 @@
-"""The one platform switch. Nothing outside this package tests ``sys.platform``."""
+"""The platform contract: the one place that tests ``sys.platform``. Standard library only.
+
+Each OS function is declared here once, with its docstring; ``_posix.py``, ``_linux.py``
+and ``_windows.py`` override it (the style of trio's ``_subprocess_platform``). Read this
+file for what every platform provides; read the OS module for how.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 
-from ._common import (
-    TAG_PROCESS,
-    TAG_SESSION,
-    Containment,
-    ProcRecord,
-    SendResult,
-    Signal,
-    same_time,
-)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, Literal, Protocol
+
+    Signal = Literal["term", "kill"]
+    # What a signal attempt did: delivered, the process was already gone (or its pid now
+    # belongs to someone else), or the OS said no.
+    SendResult = Literal["sent", "gone", "denied"]
+    # pid -> (ppid, pgid, zombie, create_time, session tag, process tag), from ``ps``.
+    PsTable = Mapping[int, tuple[int, int, bool, float, str | None, str | None]]
+
+    class Containment(Protocol):
+        """What holds a tracked tree beyond its process group (a Windows Job Object)."""
+
+        def terminate(self) -> None: ...
+
+        def close(self) -> None: ...
+
 
 IS_LINUX = sys.platform.startswith("linux")
 IS_WINDOWS = sys.platform == "win32"
 IS_POSIX = not IS_WINDOWS
+# /proc/<pid>/stat and environ: the fast scan (design.md fact 9). Linux only: other
+# systems' /proc (if any) has another layout.
+HAS_PROCFS = IS_LINUX and os.path.exists("/proc/self/stat")
 # Only Linux can make orphans re-parent to one of our processes (PR_SET_CHILD_SUBREAPER).
 HAS_SUBREAPER = IS_LINUX
-# POSIX launches go through a keeper process of ours (ipyproctrack/_keeper.py): the
+# POSIX launches go through a keeper process of ours (ipyproctrack/_keeper/): the
 # command's parent, a subreaper on Linux, and a watchdog on the kernel's lifeline.
 USE_KEEPER = IS_POSIX
 # Pipes can be watched by the event loop (add_reader); Windows needs reader threads.
 ASYNC_PIPES = IS_POSIX
 
+TAG_SESSION = "IPYPROCTRACK_SESSION"
+TAG_PROCESS = "IPYPROCTRACK_PROCESS"
+
+
+def popen_kwargs() -> dict[str, Any]:
+    """Popen options that put a launch in a new session (POSIX) or console process group
+    (Windows): jupyter_client's group signals (interrupt, shutdown) never reach it."""
+    raise NotImplementedError
+
+
+def shell_argv(script: str) -> list[str]:
+    """The argv that runs ``script`` in the platform's shell."""
+    raise NotImplementedError
+
+
+def signal_number(which: Signal) -> int | None:
+    """The signal that ``which`` means for one process; None when the platform has no such
+    per-process signal (Windows has no graceful one)."""
+    raise NotImplementedError
+
+
+def signal_group(pgid: int, which: Signal) -> SendResult:
+    """Signal a whole process group (POSIX) or console group (Windows CTRL_BREAK_EVENT).
+    Never our own group: that would kill the kernel's parents. The caller has checked
+    that the group is still ours."""
+    raise NotImplementedError
+
+
+def set_subreaper() -> bool:
+    """Make orphans of our subtree re-parent to this process (Linux
+    PR_SET_CHILD_SUBREAPER). True if it worked."""
+    return False
+
+
+def enlarge_pipe(fd: int) -> None:
+    """Let a fast writer run ahead between two reads of the drain loop, where pipes can
+    be resized (Linux)."""
+
+
+def open_exit_waiter(pid: int) -> int | None:
+    """An fd that turns readable when ``pid`` exits (a Linux pidfd); None if unsupported."""
+    return None
+
+
+def contain(pid: int) -> Containment | None:
+    """Hold a freshly started process beyond its group: a Windows kill-on-close Job
+    Object. POSIX contains trees with the keeper instead, so None there."""
+    return None
+
+
+def ps_table(*, with_tags: bool) -> PsTable | None:
+    """Every visible process, from ``ps`` (POSIX without /proc). None where ``ps`` is
+    missing or fails. Tags come from ``ps -E`` (the environment of the last exec; BSD and
+    macOS): where ``ps`` has no ``-E`` they are None."""
+    return None
+
+
+def ps_command(pid: int) -> str:
+    """The command line of ``pid`` from ``ps`` (POSIX without /proc); "" when unknown."""
+    return ""
+
+
 if IS_WINDOWS:
-    from .windows import (
-        DISCOVERY,
-        command_of,
+    from ._windows import (
         contain,
-        enlarge_pipe,
-        get_record,
-        open_exit_waiter,
         popen_kwargs,
-        scan_processes,
-        send_signal,
         shell_argv,
         signal_group,
+        signal_number,
     )
-elif IS_LINUX:
-    from .linux import (
-        DISCOVERY,
-        command_of,
-        create_time_from_start,
-        enlarge_pipe,
-        get_record,
-        open_exit_waiter,
-        scan_processes,
-        send_signal,
-    )
-    from .posix import contain, popen_kwargs, shell_argv, signal_group
 else:
-    from .posix import (
-        DISCOVERY,
-        command_of,
-        contain,
-        enlarge_pipe,
-        get_record,
-        open_exit_waiter,
+    from ._posix import (
         popen_kwargs,
-        scan_processes,
-        send_signal,
+        ps_command,
+        ps_table,
         shell_argv,
         signal_group,
+        signal_number,
     )
 
-if IS_POSIX:
-    from .keeper_client import make_lifeline, read_status_events, spawn_kept
+    if IS_LINUX:
+        from ._linux import enlarge_pipe, open_exit_waiter, set_subreaper
 
-if not IS_LINUX:
-
-    def create_time_from_start(seconds: float) -> float | None:
-        """Only Linux keepers report start times we can turn into create times."""
-        return None
-
-
-__all__ = [
+__all__ = (
     "ASYNC_PIPES",
-    "DISCOVERY",
+    "HAS_PROCFS",
     "HAS_SUBREAPER",
     "IS_LINUX",
     "IS_POSIX",
@@ -86,23 +137,14 @@ __all__ = [
     "TAG_PROCESS",
     "TAG_SESSION",
     "USE_KEEPER",
-    "Containment",
-    "ProcRecord",
-    "SendResult",
-    "Signal",
-    "command_of",
     "contain",
-    "create_time_from_start",
     "enlarge_pipe",
-    "get_record",
-    "make_lifeline",
     "open_exit_waiter",
     "popen_kwargs",
-    "read_status_events",
-    "same_time",
-    "scan_processes",
-    "send_signal",
+    "ps_command",
+    "ps_table",
+    "set_subreaper",
     "shell_argv",
     "signal_group",
-    "spawn_kept",
-]
+    "signal_number",
+)

@@ -1,4 +1,4 @@
-"""Tree discovery and the phased teardown. Synchronous and free of anyio, so the keeper
+"""The phased teardown, and its report. Synchronous and free of anyio, so the keeper
 process can run the very same code when the kernel is gone.
 
 Phases: SIGTERM every process and group of every tree at once; wait up to ``grace``;
@@ -7,17 +7,30 @@ SIGKILL the survivors (and say so); sweep the groups and the tags again; reap ou
 
 from __future__ import annotations
 
-import contextlib
-import os
+import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from .. import _platform as plat
+from .. import _platform
+from .discovery import (
+    FOUND_TREE,
+    ProcessInfo,
+    Target,
+    discover,
+    one_line,
+    protected_pids,
+)
+from .identity import ProcId
+from .scan import command_of, discovery_name, scan_processes
+from .signals import is_alive, send_signal, signal_group
 
-FOUND_TREE = "tree"
-FOUND_GROUP = "group"
-FOUND_TAG = "tag"
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from .._platform import Signal
+
+__all__ = ("CleanupReport", "ProcessInfo", "ProcessOutcome", "run_teardown")
 
 EXITED = "exited"
 SIGTERM = "SIGTERM"
@@ -26,39 +39,10 @@ ALREADY_GONE = "already gone"
 ACCESS_DENIED = "access denied"
 STILL_ALIVE = "still alive"
 
+HAS_SUBREAPER = _platform.HAS_SUBREAPER
+log = logging.getLogger(__name__)
 _POLL = 0.02
 _SWEEP_ROUNDS = 5
-
-
-@dataclass(frozen=True, slots=True)
-class ProcId:
-    """A process is (pid, create_time), never a bare pid: pids get reused."""
-
-    pid: int
-    create_time: float
-
-
-@dataclass
-class Target:
-    """One tracked tree, as the teardown needs to know it."""
-
-    name: str
-    root: ProcId | None
-    tag: str
-    group: int | None = None  # the session/group id its root leads
-    reap: Callable[[], bool] | None = None  # reaps our direct child; True once it has exited
-    helpers: Sequence[ProcId] = ()  # our own processes in the tree (keepers): never reported
-    root_exited: bool = False  # the root had exited on its own before the teardown
-    command: str = ""  # the root's command, for the report
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessInfo:
-    pid: int
-    create_time: float
-    ppid: int
-    command: str
-    found_by: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +67,7 @@ class CleanupReport:
     outcomes: list[ProcessOutcome] = field(default_factory=list)
     duration: float = 0.0
     grace: float = 0.0
-    discovery: str = plat.DISCOVERY
+    discovery: str = field(default_factory=discovery_name)
     messages: list[str] = field(default_factory=list)
 
     @property
@@ -92,9 +76,6 @@ class CleanupReport:
 
     def survivors(self) -> list[ProcessOutcome]:
         return [o for o in self.outcomes if o.ended_by in (STILL_ALIVE, ACCESS_DENIED)]
-
-    def escalations(self) -> list[str]:
-        return [m for m in self.messages if "SIGKILL" in m]
 
     def summary_lines(self) -> list[str]:
         lines = []
@@ -130,103 +111,6 @@ class CleanupReport:
         return "\n".join(rows)
 
 
-def _protected() -> set[int]:
-    """Our own process and its ancestors: never signalled, whatever a scan says."""
-    out = {os.getpid()}
-    pid = os.getppid()
-    for _ in range(64):
-        if pid <= 1 or pid in out:
-            break
-        out.add(pid)
-        rec = plat.get_record(pid)
-        pid = rec.ppid if rec else 0
-    return out
-
-
-def _alive(ident: ProcId) -> bool:
-    rec = plat.get_record(ident.pid)
-    return rec is not None and not rec.zombie and plat.same_time(rec.create_time, ident.create_time)
-
-
-def group_is_ours(target: Target, snap: dict[int, plat.ProcRecord]) -> bool:
-    """A group/session id stays reserved while any member lives, so it is ours when the
-    pid that named it is gone or still holds its leader (our root, or our keeper); a
-    recycled pid means it is not."""
-    if target.group is None:
-        return False
-    leader = next((p for p in (target.root, *target.helpers)
-                   if p is not None and p.pid == target.group), None)
-    if leader is None:
-        return False
-    rec = snap.get(target.group)
-    return rec is None or plat.same_time(rec.create_time, leader.create_time)
-
-
-def _helper_led(target: Target) -> bool:
-    return any(h.pid == target.group for h in target.helpers)
-
-
-def discover(
-    targets: Sequence[Target],
-    snap: dict[int, plat.ProcRecord],
-    *,
-    exclude: set[int],
-) -> dict[int, tuple[Target, plat.ProcRecord, str]]:
-    """Each live process that belongs to a target: its descendants, its group, its tag."""
-    children: dict[int, list[int]] = {}
-    by_group: dict[int, list[plat.ProcRecord]] = {}
-    by_tag: dict[str, list[plat.ProcRecord]] = {}
-    for rec in snap.values():  # one pass; each target then looks up only its own
-        children.setdefault(rec.ppid, []).append(rec.pid)
-        by_group.setdefault(rec.pgid, []).append(rec)
-        if rec.sid != rec.pgid:
-            by_group.setdefault(rec.sid, []).append(rec)
-        if rec.process_tag is not None:
-            by_tag.setdefault(rec.process_tag, []).append(rec)
-    found: dict[int, tuple[Target, plat.ProcRecord, str]] = {}
-
-    def add(t: Target, rec: plat.ProcRecord, how: str) -> None:
-        if rec.pid not in found and rec.pid not in exclude and not rec.zombie:
-            found[rec.pid] = (t, rec, how)
-
-    for t in targets:
-        roots = [t.root, *t.helpers] if t.root else list(t.helpers)
-        stack = []
-        for ident in roots:
-            root_rec = snap.get(ident.pid)
-            if root_rec is not None and plat.same_time(root_rec.create_time, ident.create_time):
-                if ident == t.root:
-                    add(t, root_rec, FOUND_TREE)
-                stack.append(root_rec.pid)
-        while stack:  # descendants, leaves reached through their living parents
-            for child in children.get(stack.pop(), ()):
-                add(t, snap[child], FOUND_TREE)
-                stack.append(child)
-        if t.group is not None and group_is_ours(t, snap):
-            for rec in by_group.get(t.group, ()):
-                add(t, rec, FOUND_GROUP)
-        for rec in by_tag.get(t.tag, ()):
-            add(t, rec, FOUND_TAG)
-    return found
-
-
-def tree_of(target: Target) -> list[ProcessInfo]:
-    """The live members of one tracked tree (helpers left out)."""
-    return trees_of([target])[target.name]
-
-
-def trees_of(targets: Sequence[Target]) -> dict[str, list[ProcessInfo]]:
-    """The live members of several trees, from one scan: name -> members."""
-    snap = plat.scan_processes(with_tags=True)
-    helpers = {h.pid for t in targets for h in t.helpers}
-    found = discover(targets, snap, exclude=_protected() | helpers)
-    out: dict[str, list[ProcessInfo]] = {t.name: [] for t in targets}
-    for pid, (t, rec, how) in sorted(found.items()):
-        command = _one_line(plat.command_of(pid))
-        out[t.name].append(ProcessInfo(pid, rec.create_time, rec.ppid, command, how))
-    return out
-
-
 @dataclass
 class _Member:
     target: Target
@@ -241,7 +125,7 @@ class _Teardown:
     def __init__(self, targets: Sequence[Target], grace: float, exclude: Iterable[int]) -> None:
         self.targets = list(targets)
         self.grace = max(grace, 0.0)
-        self.exclude = _protected() | set(exclude)
+        self.exclude = protected_pids() | set(exclude)
         for t in self.targets:
             self.exclude.update(h.pid for h in t.helpers)
         self.members: dict[int, _Member] = {}
@@ -253,36 +137,33 @@ class _Teardown:
 
     def scan(self) -> list[_Member]:
         """Rescan; return the members not seen before."""
-        snap = plat.scan_processes(with_tags=True)
+        snap = scan_processes(with_tags=True)
         new = []
         for pid, (t, rec, how) in discover(self.targets, snap, exclude=self.exclude).items():
             old = self.members.get(pid)
-            if old is not None and plat.same_time(old.ident.create_time, rec.create_time):
+            if old is not None and old.ident.matches(rec.create_time):
                 continue
-            m = _Member(t, ProcId(pid, rec.create_time), _one_line(plat.command_of(pid)), how)
+            m = _Member(t, ProcId(pid, rec.create_time), one_line(command_of(pid)), how)
             self.members[pid] = m
             new.append(m)
         return new
 
-    def signal(self, members: Iterable[_Member], which: plat.Signal) -> None:
+    def signal(self, members: Iterable[_Member], which: Signal) -> None:
         for m in members:
-            res = plat.send_signal(m.ident.pid, m.ident.create_time, which)
+            res = send_signal(m.ident, which)
             if res == "gone" and m.ended_by is None:
                 m.ended_by, m.seconds = ALREADY_GONE, self.elapsed()
             elif res == "denied":
                 m.ended_by, m.seconds = ACCESS_DENIED, self.elapsed()
 
-    def signal_groups(self, which: plat.Signal) -> None:
+    def signal_groups(self, which: Signal) -> None:
         for t in self.targets:
-            if t.group is None:
+            leader = t.group_leader()
+            if t.group is None or leader is None:
                 continue
-            if which == "kill" and _helper_led(t) and plat.HAS_SUBREAPER:
+            if which == "kill" and t.helper_led() and HAS_SUBREAPER:
                 continue  # the keeper must outlive the tree: orphans re-parent to it
-            rec = plat.get_record(t.group)
-            live = {} if rec is None else {t.group: rec}
-            # killpg is atomic against forks racing the scan, but only while the group is ours.
-            if group_is_ours(t, live):
-                plat.signal_group(t.group, which)
+            signal_group(t.group, leader, which)
 
     def pending(self) -> list[_Member]:
         return [m for m in self.members.values() if m.ended_by is None]
@@ -291,15 +172,17 @@ class _Teardown:
         """Reap our own children through their process objects (never waitpid(-1))."""
         for t in self.targets:
             if t.reap is not None:
-                with contextlib.suppress(Exception):  # best effort: a stuck child shows alive
+                try:
                     t.reap()
+                except Exception as exc:  # best effort: a stuck child shows as alive
+                    log.warning("reaping %s failed: %r", t.name, exc)
 
     def settle(self, how: str) -> list[_Member]:
         """Mark the members that are gone; return the ones still alive."""
         self.reap()
         alive = []
         for m in self.pending():
-            if _alive(m.ident):
+            if is_alive(m.ident):
                 alive.append(m)
             else:
                 m.ended_by, m.seconds = how, self.elapsed()
@@ -323,10 +206,10 @@ class _Teardown:
 
     def run(self) -> CleanupReport:
         for t in self.targets:
-            if t.root_exited and t.root is not None and not _alive(t.root):
+            if t.root_exited and t.root is not None and not is_alive(t.root):
                 self.report.outcomes.append(
                     ProcessOutcome(
-                        t.name, t.root.pid, _one_line(t.command), FOUND_TREE, EXITED, 0.0
+                        t.name, t.root.pid, one_line(t.command), FOUND_TREE, EXITED, 0.0
                     )
                 )
         first = self.scan()
@@ -380,16 +263,12 @@ class _Teardown:
         deadline = time.monotonic() + 0.5
         while helpers and time.monotonic() < deadline:
             self.reap()
-            helpers = [(t, h) for t, h in helpers if _alive(h)]
+            helpers = [(t, h) for t, h in helpers if is_alive(h)]
             if helpers:
                 time.sleep(_POLL)
         for t, h in helpers:
-            plat.send_signal(h.pid, h.create_time, "kill")
+            send_signal(h, "kill")
             self.report.messages.append(f"{t.name}: helper pid {h.pid} did not exit; sent SIGKILL")
-
-
-def _one_line(command: str) -> str:
-    return " ".join(command.split())
 
 
 def _short(command: str) -> str:
@@ -405,6 +284,7 @@ def run_teardown(
     try:
         return td.run()
     except Exception as exc:  # cleanup never raises; it reports what it could not do
+        log.exception("cleanup failed part-way")
         td.report.messages.append(f"cleanup failed part-way: {type(exc).__name__}: {exc}")
         td.report.duration = td.elapsed()
         return td.report

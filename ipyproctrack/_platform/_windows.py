@@ -1,4 +1,5 @@
-"""Windows: a new process group per launch, CTRL_BREAK_EVENT, then terminate.
+"""Windows: a new console process group per launch, CTRL_BREAK_EVENT, TerminateProcess,
+and a kill-on-close Job Object per launch.
 
 Written behind the platform switch; it cannot run on the Linux machines we test on.
 """
@@ -8,25 +9,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from typing import Any
 
-from ._common import (
-    TAG_PROCESS,
-    TAG_SESSION,
-    Containment,
-    ProcRecord,
-    SendResult,
-    Signal,
-    by_pid,
-    same_time,
-)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
-try:
-    import psutil
-except ImportError:
-    psutil = None  # type: ignore[assignment]
-
-DISCOVERY = "psutil" if psutil is not None else "groups"
+    from . import Containment, SendResult, Signal
 
 
 def popen_kwargs() -> dict[str, Any]:
@@ -35,6 +23,13 @@ def popen_kwargs() -> dict[str, Any]:
 
 def shell_argv(script: str) -> list[str]:
     return [os.environ.get("COMSPEC", "cmd.exe"), "/d", "/c", script]
+
+
+def signal_number(which: Signal) -> int | None:
+    """CTRL_BREAK_EVENT goes to a whole console group (signal_group), and sent to a pid
+    that leads no group it reaches every process on the console, the kernel included: so
+    there is no graceful signal for one process. os.kill(pid, SIGTERM) is TerminateProcess."""
+    return None if which == "term" else int(signal.SIGTERM)
 
 
 def signal_group(pgid: int, which: Signal) -> SendResult:
@@ -47,64 +42,6 @@ def signal_group(pgid: int, which: Signal) -> SendResult:
     except OSError:
         return "gone"
     return "sent"
-
-
-def get_record(pid: int, *, with_tags: bool = False) -> ProcRecord | None:
-    if psutil is None:
-        return None
-    try:
-        p = psutil.Process(pid)
-        with p.oneshot():
-            env = p.environ() if with_tags else {}
-            return ProcRecord(
-                pid, p.ppid(), p.create_time(), 0, 0, False,
-                env.get(TAG_SESSION), env.get(TAG_PROCESS),
-            )
-    except (psutil.Error, OSError):
-        return None
-
-
-def scan_processes(*, with_tags: bool = True) -> dict[int, ProcRecord]:
-    if psutil is None:
-        return {}
-    return by_pid(get_record(p.pid, with_tags=with_tags) for p in psutil.process_iter())
-
-
-def command_of(pid: int) -> str:
-    if psutil is None:
-        return ""
-    try:
-        return subprocess.list2cmdline(psutil.Process(pid).cmdline())
-    except (psutil.Error, OSError):
-        return ""
-
-
-def send_signal(pid: int, create_time: float, which: Signal) -> SendResult:
-    """Windows has no graceful signal for one process: CTRL_BREAK_EVENT goes to a whole
-    console group (signal_group, sent to the root's group), and sending it to a pid that
-    leads no group reaches every process on the console, the kernel included. So "term"
-    only checks the identity here; "kill" is TerminateProcess."""
-    if psutil is None:
-        return "gone"
-    try:
-        p = psutil.Process(pid)
-        if not same_time(p.create_time(), create_time):
-            return "gone"
-        if which == "kill":
-            p.kill()
-    except psutil.NoSuchProcess:
-        return "gone"
-    except (psutil.AccessDenied, OSError):
-        return "denied"
-    return "sent"
-
-
-def enlarge_pipe(fd: int) -> None:
-    """Windows pipes are sized at creation."""
-
-
-def open_exit_waiter(pid: int) -> int | None:
-    return None
 
 
 # --- containment: one Job Object per launch -------------------------------------------------

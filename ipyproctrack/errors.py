@@ -1,20 +1,18 @@
-"""The exceptions ipyproctrack raises. OS and psutil errors are translated into these."""
+"""The exceptions ipyproctrack raises on purpose (each one is raised somewhere)."""
 
 from __future__ import annotations
 
-__all__ = [
-    "AccessDenied",
+__all__ = (
     "ExitedBeforeReady",
     "LaunchError",
     "NameInUseError",
-    "NoSuchProcess",
     "NotReadyError",
     "PortInUseError",
     "ProcTrackError",
     "ReadyTimeout",
     "TrackerClosedError",
     "UnknownProcessError",
-]
+)
 
 
 class ProcTrackError(Exception):
@@ -54,21 +52,3 @@ class ReadyTimeout(NotReadyError):
 
 class ExitedBeforeReady(NotReadyError):
     """The process exited before it became ready."""
-
-
-class NoSuchProcess(ProcTrackError):
-    """The process is gone, or its pid now belongs to another process."""
-
-    def __init__(self, pid: int, name: str = "") -> None:
-        super().__init__(f"no such process: pid {pid}" + (f" ({name})" if name else ""))
-        self.pid = pid
-        self.name = name
-
-
-class AccessDenied(ProcTrackError):
-    """The OS refused to let us inspect or signal this process."""
-
-    def __init__(self, pid: int, name: str = "") -> None:
-        super().__init__(f"access denied: pid {pid}" + (f" ({name})" if name else ""))
-        self.pid = pid
-        self.name = name

@@ -1,17 +1,15 @@
-"""The engine's side of the POSIX keeper (``ipyproctrack/_keeper.py``).
+"""The engine's side of the POSIX keeper (``_keeper/main.py``).
 
-One keeper per tracked launch: ``spawn_kept`` starts ``python -I _keeper.py <config>`` in a
-new session, and the keeper starts the command as its own child. The engine reaps the
-keeper through its ``Popen`` (never ``waitpid(-1)`` in the kernel) and reads the keeper's
-status pipe for the command's pid and exit code. The protocol is documented at the top of
-``_keeper.py``.
+One keeper per tracked launch: ``spawn_kept`` starts ``python -I -S _keeper/__main__.py
+<config>`` in a new session, and the keeper starts the command as its own child. The engine
+reaps the keeper through its ``Popen`` (never ``waitpid(-1)`` in the kernel) and reads the
+keeper's status pipe for the command's pid and exit code (``protocol``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import select
 import signal
@@ -22,20 +20,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import _keeper
-from .._errors import LaunchError
+from .._proc.scan import start_seconds
+from ..errors import LaunchError
+from .protocol import MAX_LINE, config_arg, read_status_events
 
-__all__ = [
+__all__ = (
     "KEEPER_PATH",
     "KeptProcess",
     "keeper_argv",
     "make_lifeline",
-    "read_status_events",
     "spawn_kept",
-]
+)
 
-KEEPER_PATH = Path(__file__).resolve().parent.parent / "_keeper.py"
-_MAX_LINE = 1 << 16  # a status line is tens of bytes; anything longer is garbage
+KEEPER_PATH = Path(__file__).resolve().parent / "__main__.py"
 
 
 @dataclass
@@ -46,7 +43,7 @@ class KeptProcess:
     subreaper: bool = False  # the keeper did become a child subreaper
     # The command's start time in seconds since boot (Linux; 0.0 elsewhere), read by the
     # keeper before it could reap the command, so it is the command's even if that exited
-    # at once. The epoch create time (psutil's, _platform.linux's) is boot time + this.
+    # at once. Its epoch create time is identity.create_time_from_start(start_time).
     start_time: float = 0.0
 
 
@@ -61,7 +58,10 @@ def make_lifeline() -> tuple[int, int]:
 
 
 def keeper_argv(config: Mapping[str, object]) -> list[str]:
-    return [sys.executable, "-I", str(KEEPER_PATH), json.dumps(dict(config))]
+    """The keeper's command line. ``-S``: the keeper needs no site-packages (its
+    ``__main__`` puts our package on sys.path), and skipping ``site`` is a large part of
+    its start-up."""
+    return [sys.executable, "-I", "-S", str(KEEPER_PATH), config_arg(config)]
 
 
 _kernel_start: tuple[int, float] | None = None
@@ -72,33 +72,8 @@ def _kernel_start_time() -> float:
     global _kernel_start
     pid = os.getpid()
     if _kernel_start is None or _kernel_start[0] != pid:
-        _kernel_start = (pid, _keeper.process_start_time(pid))
+        _kernel_start = (pid, start_seconds(pid))
     return _kernel_start[1]
-
-
-def read_status_events(buf: bytearray, data: bytes) -> list[dict[str, object]]:
-    """Feed ``data`` read from a status pipe; return the complete events it finished.
-
-    ``buf`` keeps a partial last line between calls. Lines that are not JSON objects are
-    skipped, and a runaway partial line is dropped rather than kept growing.
-    """
-    buf += data
-    events: list[dict[str, object]] = []
-    end = buf.rfind(b"\n")
-    if end < 0:
-        if len(buf) > _MAX_LINE:
-            del buf[:]
-        return events
-    lines = bytes(buf[:end]).split(b"\n")
-    del buf[: end + 1]
-    for line in lines:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-    return events
 
 
 def _launch_message(program: str, event: Mapping[str, object]) -> str:
@@ -135,7 +110,7 @@ def _read_line(fd: int, deadline: float) -> bytes | None:
             if byte == b"\n":
                 return bytes(line)
             line += byte
-            if len(line) > _MAX_LINE:
+            if len(line) > MAX_LINE:
                 return bytes(line)
 
 
@@ -163,14 +138,12 @@ def spawn_kept(
     tag: str,
     session: str,
     start_timeout: float = 10.0,
-    keeper_teardown: str = "engine",
 ) -> KeptProcess:
     """Start ``argv`` under a new keeper; block until the command has started.
 
     ``stdout``/``stderr`` are file descriptors (or ``subprocess.PIPE``) the command writes
     to, through the keeper. ``env`` is the command's complete, tagged environment. Raises
     ``LaunchError`` when the command cannot start (the keeper is reaped first).
-    ``keeper_teardown="fallback"`` makes the keeper use its stdlib-only teardown (tests).
     """
     args = [os.fspath(a) for a in argv]
     if not args or not args[0]:
@@ -181,12 +154,11 @@ def spawn_kept(
         "lifeline_fd": lifeline_fd,
         "status_fd": status_w,
         "kernel_pid": os.getpid(),
-        "kernel_create_time": _kernel_start_time(),
+        "kernel_start": _kernel_start_time(),
         "grace": grace,
         "subreaper": subreaper,
         "tag": tag,
         "session": session,
-        "teardown": keeper_teardown,
     }
     try:
         keeper = subprocess.Popen(
