@@ -178,6 +178,13 @@ def spawn_kept(
         raise LaunchError(f"cannot start the keeper for {args[0]}: {exc}") from exc
     finally:
         os.close(status_w)
+    return _await_started(keeper, status_r, args[0], start_timeout)
+
+
+def _await_started(
+    keeper: subprocess.Popen[bytes], status_r: int, program: str, start_timeout: float
+) -> KeptProcess:
+    """Read the keeper's first event: "started" (the command runs) or why it did not."""
     try:
         os.set_blocking(status_r, False)
         line = _read_line(status_r, time.monotonic() + start_timeout)
@@ -185,7 +192,7 @@ def spawn_kept(
         _kill_keeper(keeper)
         os.close(status_r)
         raise LaunchError(
-            f"cannot start {args[0]}: its keeper did not report within {start_timeout:g} s"
+            f"cannot start {program}: its keeper did not report within {start_timeout:g} s"
         ) from None
     except BaseException:
         _kill_keeper(keeper)
@@ -205,8 +212,8 @@ def spawn_kept(
             keeper.wait(timeout=5.0)
         except subprocess.TimeoutExpired:
             _kill_keeper(keeper)
-        raise LaunchError(_launch_message(args[0], event))
+        raise LaunchError(_launch_message(program, event))
     _kill_keeper(keeper)
     raise LaunchError(
-        f"cannot start {args[0]}: its keeper failed (exit status {keeper.returncode})"
+        f"cannot start {program}: its keeper failed (exit status {keeper.returncode})"
     )
