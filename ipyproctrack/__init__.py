@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ._engine.drain import OutputChunk
+from ._engine.output import OutputChunk
 from ._engine.ready import CallableReady, HttpReady, OutputReady, PortReady, ReadinessCheck
 from ._engine.state import Phase, ProcessState
 from ._engine.teardown import CleanupReport, ProcessInfo, ProcessOutcome
