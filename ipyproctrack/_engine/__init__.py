@@ -1,2 +1,15 @@
 """The engine: sessions, launch, drain, tree discovery, teardown, readiness.
-It imports neither IPython nor ipywidgets."""
+It imports neither IPython nor ipywidgets.
+
+One job per module:
+
+- ``tracker``: ``Tracker``, one session's registry (get, start, cleanup, close).
+- ``process``: ``TrackedProcess``, one launch, and its state machine (phases in ``state``).
+- ``launch``: argument checks before anything runs, and spawning the root process.
+- ``loop``: the background anyio loop thread: output drains and exit watches.
+- ``output``: where output goes (``OutputSink``: rotating log, tail, subscribers).
+- ``ready/``: readiness checks (``checks``) and the one deadline loop (``wait``).
+- ``ports``: who holds a port, which ports a tree listens on.
+- ``naming``: generated names and log file names.
+- ``teardown``: tree discovery and the phased teardown.
+"""

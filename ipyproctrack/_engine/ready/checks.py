@@ -23,18 +23,6 @@ import anyio.to_thread
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "CallableReady",
-    "HttpReady",
-    "OutputReady",
-    "PortReady",
-    "ProcessLike",
-    "ReadinessCheck",
-    "as_checks",
-    "close_checks",
-    "describe_checks",
-]
-
 # One attempt of a network check never takes longer than this (the deadline may cut it
 # shorter). Connections to a loopback port are refused or accepted at once.
 _ATTEMPT_TIMEOUT = 2.0
