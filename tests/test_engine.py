@@ -567,6 +567,56 @@ def test_the_state_machine_through_an_interrupted_wait(
     ]
 
 
+def test_callbacks_that_raise_are_logged_and_harm_no_other(
+    tracker: Tracker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gate = tmp_path / "gate"
+    proc = tracker.start(f"while [ ! -e {gate} ]; do sleep 0.01; done; echo hello", name="cb")
+    got: list[str] = []
+
+    def broken(_: object) -> None:
+        raise RuntimeError("boom")
+
+    proc.subscribe(broken)
+    proc.subscribe(lambda chunks: got.extend(c.text for c in chunks))
+    proc.on_exit(broken)
+    proc.on_exit(lambda p: got.append(f"exit {p.returncode}"))
+    gate.touch()
+    assert _wait_for(lambda: sorted(got) == ["exit 0", "hello\n"]), got
+
+    def logged() -> dict[str, str]:  # logger -> message, for the records of our "boom"
+        return {r.name: r.getMessage() for r in caplog.records
+                if r.exc_info and "boom" in str(r.exc_info[1])}
+
+    assert _wait_for(lambda: len(logged()) == 2), logged()
+    assert logged()["ipyproctrack._engine.output"].startswith("output subscriber")
+    assert logged()["ipyproctrack._engine.process"].startswith("cb: on_exit callback")
+
+
+def test_a_broken_on_change_is_logged_once_and_stops_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[int] = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise RuntimeError("display boom")
+
+    gate = tmp_path / "gate"
+    script = f"echo first; while [ ! -e {gate} ]; do sleep 0.01; done; echo second; exit 3"
+    with Tracker(log_dir=tmp_path / "logs", on_change=broken) as tracker:
+        proc = tracker.start(script, name="oc")
+        assert _wait_for(lambda: proc.tail() == "first\n")  # on_change has raised by now
+        gate.touch()
+        assert proc.wait(10) == 3  # the exit is still seen
+        assert proc.wait_output_done(10)
+        assert proc.tail() == "first\nsecond\n"  # and the drain went on
+    assert len(calls) >= 2
+    errors = [r for r in caplog.records if r.name == "ipyproctrack._engine.tracker"
+              and r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "display boom" in str(errors[0].exc_info)
+
+
 @pytest.mark.skipif(not plat.IS_LINUX, reason="runs the POSIX fallback on Linux")
 def test_posix_without_psutil_still_ends_the_group(tmp_path: Path) -> None:
     # What macOS without psutil gets: no process table at all, only the launch's group.
