@@ -176,8 +176,9 @@ class TrackedProcess:
         return await anyio.to_thread.run_sync(partial(self.stop, grace=grace))
 
     def wait_ready(self, timeout: float = 30.0) -> float:
-        """Block until every readiness check passes; seconds it took. On failure the
-        tree is torn down and a NotReadyError names why, with the last output lines."""
+        """Block until every readiness check passes; the seconds that took (a second call
+        returns them at once). On failure the tree is torn down and a NotReadyError names
+        why, with the last output lines."""
         if not self._checks:
             return 0.0
         if self.ready_seconds is not None:
