@@ -15,7 +15,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
-    from ._engine.drain import OutputChunk
+    from ._engine.output import OutputChunk
+    from ._engine.process import TrackedProcess
     from ._engine.ready import (
         CallableReady,
         HttpReady,
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
         ReadinessCheck,
     )
     from ._engine.state import Phase, ProcessState
-    from ._engine.tracker import TrackedProcess, Tracker
+    from ._engine.tracker import Tracker
     from ._proc.discovery import ProcessInfo
     from ._proc.teardown import CleanupReport, ProcessOutcome
     from .errors import (
@@ -50,7 +51,7 @@ _WHERE = {
     "LaunchError": ".errors",
     "NameInUseError": ".errors",
     "NotReadyError": ".errors",
-    "OutputChunk": "._engine.drain",
+    "OutputChunk": "._engine.output",
     "OutputReady": "._engine.ready",
     "Phase": "._engine.state",
     "PortInUseError": ".errors",
@@ -61,7 +62,7 @@ _WHERE = {
     "ProcessState": "._engine.state",
     "ReadinessCheck": "._engine.ready",
     "ReadyTimeout": ".errors",
-    "TrackedProcess": "._engine.tracker",
+    "TrackedProcess": "._engine.process",
     "Tracker": "._engine.tracker",
     "TrackerClosedError": ".errors",
     "UnknownProcessError": ".errors",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -17,15 +19,17 @@ from _procs import create_time, is_alive, kill_by_identity, wait_dead
 from _trees import read_nasty_pids, start_nasty, wait_nasty_ready
 
 from ipyproctrack import (
+    CallableReady,
     LaunchError,
     NameInUseError,
     OutputChunk,
     Phase,
+    ProcessState,
     Tracker,
     UnknownProcessError,
 )
 from ipyproctrack import _platform as plat
-from ipyproctrack._engine.drain import RotatingLog
+from ipyproctrack._engine.output import RotatingLog
 from ipyproctrack._proc import ProcId, Target, discovery_name, run_teardown, send_signal
 
 PY = sys.executable
@@ -513,7 +517,8 @@ def test_a_readiness_check_that_breaks_leaves_nothing(tracker: Tracker) -> None:
     with pytest.raises(RuntimeError, match="prepare failed"):
         tracker.start("exec sleep 60", name="b", ready=Broken())
     proc = tracker.get("b")
-    assert proc.stopped and proc.wait(5) is not None
+    assert proc.wait(5) is not None  # torn down: `sleep 60` does not end by itself
+    assert proc.state.phase is Phase.FAILED  # final: the teardown that followed kept it
     assert proc.wait_output_done(5)  # its pipes were drained to the end
     assert proc.tree() == []
 
@@ -525,6 +530,91 @@ def test_a_stopped_process_reads_stopped_as_soon_as_it_exits(tracker: Tracker) -
     proc.stop(grace=1.0)
     assert _wait_for(lambda: bool(states))
     assert states == ["stopped"]
+
+
+def test_the_state_machine_through_an_interrupted_wait(
+    tracker: Tracker, caplog: pytest.LogCaptureFixture
+) -> None:
+    ready, polled = threading.Event(), threading.Event()
+
+    def probe() -> bool:
+        polled.set()
+        return ready.is_set()
+
+    def interrupt_once_polled() -> None:  # what Ctrl-C (a kernel interrupt) does
+        if polled.wait(10):
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+
+    launched: list[Phase] = []
+    caplog.set_level(logging.DEBUG, logger="ipyproctrack._engine.process")
+    threading.Thread(target=interrupt_once_polled, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        tracker.start("exec sleep 60", name="w", ready=CallableReady(probe),
+                      on_launched=lambda p: launched.append(p.state.phase))
+    proc = tracker.get("w")
+    assert launched == [Phase.STARTING]
+    assert proc.state == ProcessState(Phase.RUNNING) and proc.is_running()  # it runs on
+    ready.set()
+    seconds = proc.wait_ready(10)
+    assert proc.state == ProcessState(Phase.READY, None, seconds)
+    proc.stop(grace=1.0)
+    assert proc.wait(5) is not None and proc.stopped
+    assert proc.state == ProcessState(Phase.STOPPED, proc.returncode, seconds)
+    moves = [r.getMessage() for r in caplog.records if r.getMessage().startswith("w: ")]
+    assert moves == [
+        "w: starting -> running", "w: running -> starting", "w: starting -> ready",
+        "w: ready -> stopped", "w: stopped -> killed ignored",  # STOPPED is final
+    ]
+
+
+def test_callbacks_that_raise_are_logged_and_harm_no_other(
+    tracker: Tracker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gate = tmp_path / "gate"
+    proc = tracker.start(f"while [ ! -e {gate} ]; do sleep 0.01; done; echo hello", name="cb")
+    got: list[str] = []
+
+    def broken(_: object) -> None:
+        raise RuntimeError("boom")
+
+    proc.subscribe(broken)
+    proc.subscribe(lambda chunks: got.extend(c.text for c in chunks))
+    proc.on_exit(broken)
+    proc.on_exit(lambda p: got.append(f"exit {p.returncode}"))
+    gate.touch()
+    assert _wait_for(lambda: sorted(got) == ["exit 0", "hello\n"]), got
+
+    def logged() -> dict[str, str]:  # logger -> message, for the records of our "boom"
+        return {r.name: r.getMessage() for r in caplog.records
+                if r.exc_info and "boom" in str(r.exc_info[1])}
+
+    assert _wait_for(lambda: len(logged()) == 2), logged()
+    assert logged()["ipyproctrack._engine.output"].startswith("output subscriber")
+    assert logged()["ipyproctrack._engine.process"].startswith("cb: on_exit callback")
+
+
+def test_a_broken_on_change_is_logged_once_and_stops_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[int] = []
+
+    def broken() -> None:
+        calls.append(1)
+        raise RuntimeError("display boom")
+
+    gate = tmp_path / "gate"
+    script = f"echo first; while [ ! -e {gate} ]; do sleep 0.01; done; echo second; exit 3"
+    with Tracker(log_dir=tmp_path / "logs", on_change=broken) as tracker:
+        proc = tracker.start(script, name="oc")
+        assert _wait_for(lambda: proc.tail() == "first\n")  # on_change has raised by now
+        gate.touch()
+        assert proc.wait(10) == 3  # the exit is still seen
+        assert proc.wait_output_done(10)
+        assert proc.tail() == "first\nsecond\n"  # and the drain went on
+    assert len(calls) >= 2
+    errors = [r for r in caplog.records if r.name == "ipyproctrack._engine.tracker"
+              and r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "display boom" in str(errors[0].exc_info)
 
 
 @pytest.mark.skipif(not plat.IS_LINUX, reason="runs the POSIX fallback on Linux")

@@ -507,7 +507,7 @@ def test_restart_builds_fresh_readiness_checks(ip: InteractiveShell) -> None:
     first = nb.get_process("banner")
     second = session.relaunch(spec)  # what the Restart button does
     assert second is not first and first.returncode is not None
-    assert second.ready_state == "ready" and second.ready_seconds is not None
+    assert second.state.phase is Phase.READY and second.ready_seconds is not None
 
 
 def test_refresher_scans_once_for_all_widgets(

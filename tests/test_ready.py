@@ -21,7 +21,7 @@ import anyio
 import pytest
 from _procs import tagged_processes, wait_dead
 
-from ipyproctrack import Tracker
+from ipyproctrack import Phase, ProcessState, Tracker
 from ipyproctrack._engine.ports import check_port_free, listening_ports, port_holder
 from ipyproctrack._engine.ready import (
     CallableReady,
@@ -307,7 +307,7 @@ def test_start_with_ready_blocks_until_the_server_answers(tracker: Tracker) -> N
     # The very next statement can use the server.
     with urllib.request.urlopen(url, timeout=5) as response:
         assert response.status == 200
-    assert proc.ready_state == "ready"
+    assert proc.state.phase is Phase.READY
     assert proc.ready_seconds is not None and proc.ready_seconds > 1.0
 
 
@@ -316,12 +316,14 @@ def test_start_with_ready_failures_leave_nothing_running(tracker: Tracker) -> No
     with pytest.raises(ReadyTimeout, match=r"(?s)not ready after 1 s .*Last output:\nup$"):
         tracker.start(["bash", "-c", "echo up; sleep 600 & sleep 600"], name="stuck",
                       ready=PortReady(free_port()), ready_timeout=1)
-    assert tracker.get("stuck").ready_state == "failed"
+    assert tracker.get("stuck").state.phase is Phase.FAILED
     assert _new_tagged(before) == []
 
     with pytest.raises(ExitedBeforeReady, match=r"(?s)exited with code 5 .*oops"):
         tracker.start(["bash", "-c", "sleep 600 & echo oops; exit 5"], name="crashy",
                       ready=OutputReady("never printed"), ready_timeout=20)
+    # the root exited first (EXITED), then the wait failed: FAILED, and the code is kept
+    assert tracker.get("crashy").state == ProcessState(Phase.FAILED, 5)
     assert _new_tagged(before) == []
 
 
@@ -331,6 +333,8 @@ def test_a_launcher_that_exits_0_while_its_server_lives_on(tracker: Tracker) -> 
     proc = tracker.start(["bash", "-c", launcher, PORT_HOLDER], name="daemonized",
                          ready=PortReady(port), ready_timeout=20)
     assert proc.returncode == 0
+    # the root's exit came first: it reads "exited 0", with the readiness time kept
+    assert proc.state.phase is Phase.EXITED and proc.ready_seconds is not None
     holder = port_holder(port)
     assert holder is not None and holder.pid in {m.pid for m in proc.tree()}
 

@@ -1,4 +1,5 @@
-"""Readable generated names for tracked processes: ``python-1``, ``node-2``.
+"""Names: readable generated names for tracked processes (``python-1``, ``node-2``) and
+the file names their logs get.
 
 One rule for the engine (``Tracker.start(name=None)``) and the magics (which name a cell
 before they launch it, to show its widget)."""
@@ -44,6 +45,11 @@ def free_name(base: str, taken: Container[str]) -> str:
         if f"{base}-{n}" not in taken:
             return f"{base}-{n}"
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def file_stem(name: str) -> str:
+    """``name`` made safe for a file name: ``my server`` -> ``my_server``."""
+    return _NAME_CHARS.sub("_", name)
 
 
 def _script_base(script: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import logging
 import os
 import socket
 from collections.abc import Iterable, Mapping
@@ -27,6 +28,8 @@ except ImportError:  # pragma: no cover - psutil is a normal dependency
     _HAVE_PSUTIL = False
 
 __all__ = ["PortHolder", "check_port_free", "listening_ports", "port_holder"]
+
+log = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT = 0.5
 _TCP_LISTEN = "0A"  # state column of /proc/net/tcp
@@ -184,7 +187,8 @@ def _psutil_listeners(port: int, host_ip: str) -> list[int | None] | None:
         return None
     try:
         conns = psutil.net_connections(kind="tcp")
-    except (psutil.Error, OSError):
+    except (psutil.Error, OSError) as exc:
+        log.debug("the system-wide socket table is refused (%s): asking each process", exc)
         conns = None
     if conns is not None:
         return [

@@ -4,16 +4,20 @@ Every display (the API's ``repr``, the widget badge, the ``%proctrack`` table, t
 status line) reads a :class:`ProcessState` and describes it with :meth:`describe`, so a
 process killed by SIGTERM reads "killed by SIGTERM" everywhere.
 
-Transitions (the engine makes them; nothing else does)::
+Transitions (``TrackedProcess._transition`` makes them, by the ``TRANSITIONS`` table)::
 
     STARTING --checks pass--> READY
     STARTING --wait interrupted--> RUNNING          (the process runs on)
+    RUNNING --wait_ready() again--> STARTING
     STARTING --checks fail--> FAILED               (the tree is torn down)
-    RUNNING | READY | STARTING --our teardown--> STOPPED
+    RUNNING | READY | STARTING --our teardown begins--> STOPPED
     RUNNING | READY | STARTING --root exits--> EXITED (code >= 0) or KILLED (signal)
+    EXITED | KILLED --the readiness wait then fails--> FAILED
 
-A launch without readiness checks starts in RUNNING. STOPPED, EXITED, KILLED and FAILED
-are final; the return code is kept once the root has exited.
+A launch without readiness checks starts in RUNNING. STOPPED and FAILED are final; EXITED
+and KILLED only take the readiness verdict on a root that exited during the wait (a
+launcher's tree may still turn out not ready). The return code is kept once the root has
+exited, whatever the phase.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import enum
 import signal
 from dataclasses import dataclass
 
-__all__ = ["Phase", "ProcessState"]
+__all__ = ["TRANSITIONS", "Phase", "ProcessState"]
 
 
 class Phase(enum.Enum):
@@ -38,6 +42,18 @@ class Phase(enum.Enum):
 
 
 _ALIVE = frozenset({Phase.STARTING, Phase.RUNNING, Phase.READY})
+_ENDS = frozenset({Phase.STOPPED, Phase.EXITED, Phase.KILLED})
+
+# phase -> the phases it may move to; anything else is ignored (see the module docstring).
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.STARTING: frozenset({Phase.READY, Phase.RUNNING, Phase.FAILED}) | _ENDS,
+    Phase.RUNNING: frozenset({Phase.STARTING}) | _ENDS,
+    Phase.READY: _ENDS,
+    Phase.EXITED: frozenset({Phase.FAILED}),
+    Phase.KILLED: frozenset({Phase.FAILED}),
+    Phase.FAILED: frozenset(),
+    Phase.STOPPED: frozenset(),
+}
 
 
 def signal_name(returncode: int) -> str:
@@ -58,7 +74,7 @@ class ProcessState:
 
     @property
     def alive(self) -> bool:
-        """True while the root command runs."""
+        """True until the root exits or our teardown of it begins."""
         return self.phase in _ALIVE
 
     @property

@@ -1,16 +1,16 @@
-"""Tracker (one session) and TrackedProcess (one launch). No IPython, no widgets."""
+"""Tracker: one session's registry of tracked processes (get, start, cleanup, close).
+
+A session is one unique tag, one background loop thread (``loop.py``), one log directory.
+Launch checks and spawning live in ``launch.py``, one launch in ``process.py``."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
 import itertools
+import logging
 import os
-import re
 import secrets
-import shlex
-import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -22,28 +22,22 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import anyio
-import anyio.from_thread
-import anyio.lowlevel
 import anyio.to_thread
 
 from .. import _platform as plat
-from .._keeper.client import make_lifeline, spawn_kept
-from .._keeper.protocol import read_status_events
-from .._proc.discovery import ProcessInfo, Target, discover, tree_of, trees_of
-from .._proc.identity import ProcId, create_time_from_start
-from .._proc.scan import get_record, scan_processes
+from .._keeper.client import make_lifeline
+from .._proc.discovery import ProcessInfo, discover, trees_of
+from .._proc.scan import scan_processes
 from .._proc.teardown import CleanupReport, run_teardown
-from ..errors import (
-    LaunchError,
-    NameInUseError,
-    NotReadyError,
-    TrackerClosedError,
-    UnknownProcessError,
-)
-from .drain import STDERR, STDOUT, OutputChunk, OutputSink, RotatingLog
-from .naming import base_name, free_name
-from .state import Phase, ProcessState
+from ..errors import LaunchError, NameInUseError, TrackerClosedError, UnknownProcessError
+from .launch import argv_of, check_executable, checked_cwd, child_env, spawn_root
+from .loop import Loop
+from .naming import base_name, file_stem, free_name
+from .output import OutputSink, RotatingLog
+from .ports import check_port_free, port_holder
+from .process import TrackedProcess
+from .ready import as_checks
+from .state import Phase
 
 if TYPE_CHECKING:
     from .ready import ReadinessCheck
@@ -52,22 +46,10 @@ if TYPE_CHECKING:
 else:
     ReadySpec = Any
 
-_FAIR_SHARE = 4 << 20
-_READ_SIZE = 1 << 18  # larger single writes to the log get slower on some disks
-# Words a shell runs itself: a script that starts with one of these needs no executable.
-_SHELL_WORDS = frozenset(
-    {
-        "!", ".", ":", "[", "[[", "{", "(", "alias", "bg", "break", "builtin", "caller", "case",
-        "cd", "command", "compgen", "complete", "continue", "declare", "dirs", "disown", "echo",
-        "enable", "eval", "exec", "exit", "export", "false", "fc", "fg", "for", "function",
-        "getopts", "hash", "help", "history", "if", "jobs", "kill", "let", "local", "logout",
-        "mapfile", "popd", "printf", "pushd", "pwd", "read", "readarray", "readonly", "return",
-        "select", "set", "shift", "shopt", "source", "suspend", "test", "time", "times", "trap",
-        "true", "type", "typeset", "ulimit", "umask", "unalias", "unset", "until", "wait", "while",
-        "coproc"
-    }
-)
-_NAME_OK = re.compile(r"[^A-Za-z0-9_.-]+")
+# TrackedProcess lives in process.py; it is exported here with the Tracker that makes it.
+__all__ = ["TrackedProcess", "Tracker"]
+
+log = logging.getLogger(__name__)
 
 _live_trackers: weakref.WeakSet[Tracker] = weakref.WeakSet()
 
@@ -92,185 +74,6 @@ def _close_live_trackers() -> None:
     """Plain Python scripts get the same promise as notebooks: nothing outlives us."""
     for tracker in list(_live_trackers):
         tracker.close(grace=1.0)
-
-
-class TrackedProcess:
-    """One tracked launch: its root process, its output and its tree."""
-
-    def __init__(
-        self,
-        tracker: Tracker,
-        *,
-        name: str,
-        command: str,
-        popen: subprocess.Popen[bytes],
-        pid: int,
-        create_time: float,
-        tag: str,
-        cwd: Path,
-        sink: OutputSink,
-    ) -> None:
-        self.tracker = tracker
-        self.name = name
-        self.command = command
-        self.pid = pid
-        self.tag = tag
-        self.cwd = cwd
-        self.log_path = sink.log.path
-        self.started_at = time.time()
-        self.create_time = create_time
-        self.returncode: int | None = None
-        self.stopped = False
-        self.ready_state: str | None = None
-        self.ready_seconds: float | None = None
-        self._popen = popen
-        self._sink = sink
-        self._exited = threading.Event()
-        self._drained = threading.Event()
-        self._exit_callbacks: list[Callable[[TrackedProcess], None]] = []
-        self._checks: list[ReadinessCheck] = []
-        self._fds: tuple[int, int] = (-1, -1)
-        self._helpers: tuple[ProcId, ...] = ()  # our keeper: never signalled or reported
-        self._status_fd: int | None = None  # the keeper's status pipe (POSIX)
-
-    def __repr__(self) -> str:
-        return f"<TrackedProcess {self.name!r} pid={self.pid} {self.state}>"
-
-    @property
-    def state(self) -> ProcessState:
-        """The state machine's current state (see ``_engine/state.py``)."""
-        rc, ready = self.returncode, self.ready_state
-        if ready == "failed":
-            phase = Phase.FAILED
-        elif rc is None:
-            phase = {"starting": Phase.STARTING, "ready": Phase.READY}.get(
-                ready or "", Phase.RUNNING)
-        elif self.stopped:
-            phase = Phase.STOPPED
-        else:
-            phase = Phase.KILLED if rc < 0 else Phase.EXITED
-        return ProcessState(phase, rc, self.ready_seconds if ready == "ready" else None)
-
-    def is_running(self) -> bool:
-        """True while the root command runs (its tree may outlive it: see tree())."""
-        return self.returncode is None
-
-    def has_live_tree(self) -> bool:
-        """True while the root or anything of its tree lives (a launcher such as
-        ``pg_ctl start`` exits 0 and leaves its server running)."""
-        if self.returncode is None:
-            return True
-        if self._helpers and self._popen.poll() is not None:
-            return False  # the keeper exits once its subtree is empty: a cheap answer
-        return bool(self.tree())
-
-    @property
-    def output_done(self) -> bool:
-        """True once stdout and stderr are closed and every byte is in the log and tail."""
-        return self._drained.is_set()
-
-    def wait_output_done(self, timeout: float | None = None) -> bool:
-        """Block until output_done; False on timeout."""
-        return self._drained.wait(timeout)
-
-    # --- output -----------------------------------------------------------------------------
-    @property
-    def output_version(self) -> int:
-        return self._sink.version
-
-    @property
-    def bytes_received(self) -> int:
-        return self._sink.bytes_received
-
-    @property
-    def log_error(self) -> str | None:
-        return self._sink.log.error
-
-    def log_files(self) -> list[Path]:
-        """The log and its rotated backups, oldest first."""
-        return self._sink.log.files()
-
-    def tail(self, lines: int = 50, *, stream: str | None = None) -> str:
-        """The last ``lines`` lines of output (stdout and stderr interleaved, or one stream)."""
-        return self._sink.tail(lines, stream=stream)
-
-    def tail_chunks(self, lines: int = 50) -> list[tuple[str, str]]:
-        """The last lines as (stream, text) runs, oldest first: for telling stderr apart."""
-        return self._sink.tail_chunks(lines)
-
-    def subscribe(self, callback: Callable[[list[OutputChunk]], None]) -> Callable[[], None]:
-        """Call ``callback`` with batches of new output, on a thread of its own.
-        Returns the function that unsubscribes."""
-        return self._sink.subscribe(callback)
-
-    def on_exit(self, callback: Callable[[TrackedProcess], None]) -> None:
-        """Call ``callback(self)`` once the root exits, on a thread of its own (at once, on
-        the caller's thread, if it already has)."""
-        with self.tracker._lock:
-            if not self._exited.is_set():
-                self._exit_callbacks.append(callback)
-                return
-        callback(self)
-
-    # --- lifetime ---------------------------------------------------------------------------
-    def wait(self, timeout: float | None = None) -> int | None:
-        """Block until the root command exits; its return code, or None on timeout."""
-        self._exited.wait(timeout)
-        return self.returncode
-
-    def tree(self) -> list[ProcessInfo]:
-        """The live processes of this tree: descendants, group members and tag matches."""
-        return tree_of(self._target())
-
-    def stop(self, *, grace: float | None = None) -> CleanupReport:
-        """Phased teardown of this tree; blocks up to grace + about 1 s. Never raises."""
-        return self.tracker._teardown([self], grace)
-
-    async def astop(self, *, grace: float | None = None) -> CleanupReport:
-        return await anyio.to_thread.run_sync(partial(self.stop, grace=grace))
-
-    def wait_ready(self, timeout: float = 30.0) -> float:
-        """Block until every readiness check passes; seconds it took. On failure the
-        tree is torn down and a NotReadyError names why, with the last output lines."""
-        return self.tracker._wait_ready(self, timeout)
-
-    async def await_ready(self, timeout: float = 30.0) -> float:
-        return await anyio.to_thread.run_sync(partial(self.wait_ready, timeout))
-
-    # --- engine internals -------------------------------------------------------------------
-    def _target(self) -> Target:
-        return Target(
-            name=self.name,
-            root=ProcId(self.pid, self.create_time),
-            tag=self.tag,
-            # Each launch leads a new group: the keeper's when there is one (it ignores the
-            # group SIGTERM and is spared the group SIGKILL), else the root's.
-            group=self._helpers[0].pid if self._helpers else self.pid,
-            helpers=self._helpers,
-            reap=self._reap,
-            root_exited=self.returncode is not None and not self.stopped,
-            command=self.command,
-        )
-
-    def _reap(self) -> bool:
-        return self._popen.poll() is not None
-
-    def _set_exited(self, returncode: int) -> None:
-        with self.tracker._lock:
-            self.returncode = returncode
-            self._exited.set()
-            callbacks, self._exit_callbacks = self._exit_callbacks, []
-        self.tracker._changed()
-        if callbacks:  # off the loop thread: a listener may start, stop or block
-            threading.Thread(
-                target=self._run_exit_callbacks, args=(callbacks,), daemon=True,
-                name="ipyproctrack-on-exit",
-            ).start()
-
-    def _run_exit_callbacks(self, callbacks: list[Callable[[TrackedProcess], None]]) -> None:
-        for cb in callbacks:
-            with contextlib.suppress(Exception):  # a broken listener harms no other
-                cb(self)
 
 
 class Tracker(AbstractContextManager["Tracker"]):
@@ -308,14 +111,17 @@ class Tracker(AbstractContextManager["Tracker"]):
         self.log_backups = log_backups
         self.closed = False
         self._owner_pid = os.getpid()  # a forked child inherits this object, not its processes
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # guards _procs, _lifeline and closed
+        # Held for a whole launch: two starts of one name, or a close() racing a start,
+        # must never leave a tree that the registry has forgotten.
         self._start_lock = threading.RLock()
         self._procs: dict[str, TrackedProcess] = {}
         self._counter = itertools.count(1)
-        self._portal_cm: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = None
-        self._portal: anyio.from_thread.BlockingPortal | None = None
+        self._loop = Loop()
         self._lifeline: tuple[int, int] | None = None
-        self._containers: dict[int, plat.Containment | None] = {}
+        self._on_change_failed = False
+        # Windows Job Objects of every launch, replaced ones too: closed by close().
+        self._containers: list[plat.Containment] = []
         _live_trackers.add(self)
 
     def __repr__(self) -> str:
@@ -368,45 +174,21 @@ class Tracker(AbstractContextManager["Tracker"]):
         process exists, before any readiness wait. With ``ready``, block until the checks
         pass (see wait_ready). Raises LaunchError before anything runs when the command,
         its directory or the name cannot be used."""
-        argv, display = _argv_of(command)
-        workdir = _checked_cwd(cwd)
-        full_env = self._child_env(env)
-        _check_executable(command, argv, full_env, workdir)
-        checks = _as_checks(ready)
-        # One launch at a time: two starts of one name, or a close() racing a start, must
-        # never leave a tree that the registry has forgotten.
+        argv, display = argv_of(command)
+        workdir = checked_cwd(cwd)
+        full_env = child_env(env, session_tag=self.session_tag)
+        check_executable(command, argv, full_env, workdir)
+        checks = as_checks(ready)
         with self._start_lock:
             self._check_open()
-            with self._lock:
-                name = self._pick_name(name, command)
-                old = self._procs.get(name)
-            if old is not None and old.has_live_tree():
-                if not replace:
-                    what = ("is still running" if old.is_running()
-                            else f"exited {old.returncode} but its tree still runs")
-                    raise NameInUseError(
-                        f"{name!r} {what} (pid {old.pid}); stop it first or use replace=True"
-                    )
-                old.stop(grace=replace_grace)
+            name = self._name_to_launch(name, command, replace=replace, replace_grace=replace_grace)
             self._check_ports(checks)
-            proc = self._launch(argv, display, name=name, cwd=workdir, env=full_env)
-            try:
-                if checks:
-                    proc._checks = checks
-                    proc.ready_state = "starting"
-                    for check in checks:
-                        check.prepare(proc)  # before the drain: no output slips past
-            except BaseException:
-                self._portal_start(proc)  # drained even now, and stopped: nothing is left
-                proc.ready_state = "failed"
-                proc.stop()
-                raise
-            self._portal_start(proc)
-
+            proc = self._launch(argv, display, name=name, cwd=workdir, env=full_env,
+                                checks=checks)
         if on_launched is not None:
             on_launched(proc)
         if checks:
-            self._wait_ready(proc, ready_timeout)
+            proc.wait_ready(ready_timeout)
         return proc
 
     def _check_open(self) -> None:
@@ -435,96 +217,75 @@ class Tracker(AbstractContextManager["Tracker"]):
                     on_launched=on_launched)
         )
 
-    def _child_env(self, env: Mapping[str, str] | None) -> dict[str, str]:
-        full = dict(os.environ)
-        for key, value in (env or {}).items():
-            if not isinstance(key, str) or not isinstance(value, str) or not key or "=" in key:
-                raise LaunchError(f"bad environment entry {key!r}={value!r}: "
-                                  "keys and values must be strings, keys without '='")
-            full[key] = value
-        full[plat.TAG_SESSION] = self.session_tag
-        return full
-
-    def _pick_name(self, name: str | None, command: str | Sequence[str]) -> str:
-        if name is not None:
-            if not isinstance(name, str) or not name.strip():
-                raise LaunchError(f"bad name {name!r}: use a non-empty string")
-            return name
-        return free_name(base_name(command), self._procs)
+    def _name_to_launch(
+        self,
+        name: str | None,
+        command: str | Sequence[str],
+        *,
+        replace: bool,
+        replace_grace: float | None,
+    ) -> str:
+        """The name to launch under: ``name``, or a generated one. A name whose tree still
+        runs is a NameInUseError, unless ``replace`` stops that tree first."""
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise LaunchError(f"bad name {name!r}: use a non-empty string")
+        with self._lock:
+            if name is None:
+                name = free_name(base_name(command), self._procs)
+            old = self._procs.get(name)
+        if old is not None and old.has_live_tree():
+            if not replace:
+                what = ("is still running" if old.is_running()
+                        else f"exited {old.returncode} but its tree still runs")
+                raise NameInUseError(
+                    f"{name!r} {what} (pid {old.pid}); stop it first or use replace=True"
+                )
+            old.stop(grace=replace_grace)
+        return name
 
     def _launch(
-        self, argv: list[str], display: str, *, name: str, cwd: Path, env: dict[str, str]
+        self,
+        argv: list[str],
+        display: str,
+        *,
+        name: str,
+        cwd: Path,
+        env: dict[str, str],
+        checks: list[ReadinessCheck],
     ) -> TrackedProcess:
+        """Spawn, register and start draining; the checks see every byte of output."""
         tag = f"{self.session_tag}.{next(self._counter)}"
         env[plat.TAG_PROCESS] = tag
-        log_path = self.log_dir / f"{_NAME_OK.sub('_', name)}.log"
+        root = spawn_root(argv, cwd=cwd, env=env, tag=tag, session=self.session_tag,
+                          lifeline=self._lifeline_read, keeper_grace=min(self.grace, 1.5))
         sink = OutputSink(
-            RotatingLog(log_path, max_bytes=self.log_max_bytes, backups=self.log_backups),
+            RotatingLog(self.log_dir / f"{file_stem(name)}.log",
+                        max_bytes=self.log_max_bytes, backups=self.log_backups),
             tail_bytes=self.tail_bytes,
             tail_lines=self.tail_lines,
-            on_output=self._on_change,
+            on_output=self._changed if self._on_change is not None else None,
         )
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        kept = None
-        try:
-            if plat.USE_KEEPER:
-                # The keeper is the command's parent: a subreaper (Linux) and a watchdog
-                # that tears the tree down if this process dies without running any Python.
-                kept = spawn_kept(
-                    argv, cwd=str(cwd), env=env, stdout=out_w, stderr=err_w,
-                    lifeline_fd=self._lifeline_read(), grace=min(self.grace, 1.5),
-                    subreaper=plat.HAS_SUBREAPER, tag=tag, session=self.session_tag,
-                )
-                popen = kept.keeper
-            else:
-                popen = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out_w,
-                    stderr=err_w,
-                    cwd=cwd,
-                    env=env,
-                    close_fds=True,
-                    **plat.popen_kwargs(),
-                )
-        except (OSError, LaunchError) as exc:
-            for fd in (out_r, err_r):
-                os.close(fd)
-            sink.close()
-            if isinstance(exc, LaunchError):
-                raise
-            raise LaunchError(_launch_failure(argv[0], exc)) from None
-        finally:
-            os.close(out_w)
-            os.close(err_w)
-        helpers: tuple[ProcId, ...] = ()
-        if kept is not None:
-            pid = kept.pid
-            # The keeper read the start time before anyone could reap the command, so it
-            # cannot belong to a recycled pid; a fresh read is only the fallback.
-            ctime = create_time_from_start(kept.start_time)
-            if ctime is None:
-                rec = get_record(pid)
-                ctime = rec.create_time if rec else time.time()
-            keeper_rec = get_record(popen.pid)
-            helpers = (ProcId(popen.pid, keeper_rec.create_time if keeper_rec else 0.0),)
-        else:
-            pid = popen.pid
-            self._containers[pid] = plat.contain(pid)  # Windows: a kill-on-close Job Object
-            rec = get_record(pid)  # not reaped yet, so the pid cannot be reused
-            ctime = rec.create_time if rec else time.time()
-        proc = TrackedProcess(
-            self, name=name, command=display, popen=popen, pid=pid,
-            create_time=ctime, tag=tag, cwd=cwd, sink=sink,
-        )
-        proc._helpers = helpers
-        proc._status_fd = kept.status_fd if kept is not None else None
-        proc._fds = (out_r, err_r)
+        proc = TrackedProcess(self, name=name, command=display, root=root, tag=tag, cwd=cwd,
+                              sink=sink, checks=checks)
         with self._lock:
+            if root.container is not None:
+                self._containers.append(root.container)
             self._procs.pop(name, None)
             self._procs[name] = proc
+        try:
+            for check in checks:
+                check.prepare(proc)  # before the drain: no output slips past
+        except BaseException:
+            self._supervise(proc)  # drained even now, and stopped: nothing is left
+            proc._transition(Phase.FAILED)
+            proc.stop()
+            raise
+        self._supervise(proc)
         return proc
+
+    def _supervise(self, proc: TrackedProcess) -> None:
+        self._loop.supervise(proc._root, proc._sink, on_exit=proc._root_exited,
+                             drained=proc._drained)
 
     def _lifeline_read(self) -> int:
         """The read end every keeper watches; only this process holds the write end."""
@@ -541,37 +302,10 @@ class Tracker(AbstractContextManager["Tracker"]):
                 with contextlib.suppress(OSError):
                     os.close(fd)
 
-    # --- the background loop ----------------------------------------------------------------
-    def _get_portal(self) -> anyio.from_thread.BlockingPortal:
-        with self._lock:
-            if self._portal is None:
-                cm = anyio.from_thread.start_blocking_portal()
-                self._portal = cm.__enter__()
-                self._portal_cm = cm
-            return self._portal
-
-    def _portal_start(self, proc: TrackedProcess) -> None:
-        self._get_portal().start_task_soon(self._supervise, proc)
-
-    async def _supervise(self, proc: TrackedProcess) -> None:
-        out_fd, err_fd = proc._fds
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_drain, proc._sink, out_fd, STDOUT)
-                tg.start_soon(_drain, proc._sink, err_fd, STDERR)
-                tg.start_soon(_watch_exit, proc)
-        finally:
-            try:
-                proc._sink.close()
-            finally:
-                proc._drained.set()
-
     # --- readiness --------------------------------------------------------------------------
     def _check_ports(self, checks: Sequence[ReadinessCheck]) -> None:
         """A taken port fails before anything starts, naming its holder (and, when it is
         one of ours, its tracked name). Scans only when a port is taken."""
-        from .ports import check_port_free, port_holder
-
         for c in checks:
             if c.port and port_holder(c.port, c.host) is not None:
                 check_port_free(c.port, c.host, owners=self._owners())
@@ -581,34 +315,6 @@ class Tracker(AbstractContextManager["Tracker"]):
         procs = self.processes()
         found = discover([p._target() for p in procs], scan_processes(), exclude=set())
         return {pid: t.name for pid, (t, _, _) in found.items()}
-
-    def _wait_ready(self, proc: TrackedProcess, timeout: float) -> float:
-        from .ready import close_checks, wait_until_ready
-
-        if not proc._checks:
-            return 0.0
-        proc.ready_state = "starting"
-        future = self._get_portal().start_task_soon(
-            partial(wait_until_ready, proc, proc._checks, timeout=timeout)
-        )
-        try:
-            seconds = future.result()
-        except NotReadyError:
-            proc.ready_state = "failed"
-            close_checks(proc._checks)
-            proc.stop()
-            raise
-        except BaseException:
-            # Interrupted (KeyboardInterrupt): stop waiting; the process runs on, as an
-            # interrupt must never stop a tracked process, and wait_ready() may be called
-            # again, so the checks stay armed.
-            future.cancel()
-            proc.ready_state = None
-            raise
-        close_checks(proc._checks)
-        proc.ready_state, proc.ready_seconds = "ready", seconds
-        self._changed()
-        return float(seconds)
 
     # --- teardown ---------------------------------------------------------------------------
     def cleanup(self, *names: str, grace: float | None = None) -> CleanupReport:
@@ -622,9 +328,17 @@ class Tracker(AbstractContextManager["Tracker"]):
         return await anyio.to_thread.run_sync(partial(self.cleanup, *names, grace=grace))
 
     def _changed(self) -> None:
-        if self._on_change is not None:
-            with contextlib.suppress(Exception):  # a display's trouble is not ours
-                self._on_change()
+        """Tell the display that something changed; its trouble is not ours."""
+        if self._on_change is None:
+            return
+        try:
+            self._on_change()
+        except Exception:  # reported once: it runs for every read of output
+            if not self._on_change_failed:
+                self._on_change_failed = True
+                log.exception("the on_change callback failed (further failures: debug)")
+            else:
+                log.debug("the on_change callback failed again", exc_info=True)
 
     def _foreign(self) -> bool:
         return os.getpid() != self._owner_pid
@@ -640,12 +354,11 @@ class Tracker(AbstractContextManager["Tracker"]):
         was_running = [p for p in procs if p.is_running()]
         targets = [p._target() for p in procs]
         for p in was_running:  # before any signal: its exit must read "stopped", not a crash
-            p.stopped = True
+            p._transition(Phase.STOPPED)
         report = run_teardown(targets, grace=grace)
         for p in procs:  # Windows ends the stop sequence with TerminateJobObject
-            job = self._containers.get(p.pid)
-            if job is not None:
-                job.terminate()
+            if p._root.container is not None:
+                p._root.container.terminate()
         for p in procs:  # let the drain take in the last output before we report
             p._exited.wait(max(0.0, 1.0 - report.duration) if p in was_running else 0)
         return report
@@ -662,20 +375,16 @@ class Tracker(AbstractContextManager["Tracker"]):
         deadline = time.monotonic() + 1.0
         for p in self.processes():
             p._drained.wait(max(0.0, deadline - time.monotonic()))
-        with self._lock:
-            portal, cm = self._portal, self._portal_cm
-            self._portal = self._portal_cm = None
-        if portal is not None and cm is not None:
-            try:
-                portal.call(portal.stop, True)
-                cm.__exit__(None, None, None)
-            except Exception as exc:  # closing must not raise; say what went wrong
-                report.messages.append(f"stopping the drain loop failed: {exc}")
+        try:
+            self._loop.stop()
+        except Exception as exc:  # closing must not raise; say what went wrong
+            log.exception("stopping the drain loop failed")
+            report.messages.append(f"stopping the drain loop failed: {exc}")
         self._close_lifeline()
-        for job in self._containers.values():  # Windows: closing a job kills what is left
-            if job is not None:
-                job.close()
-        self._containers.clear()
+        with self._lock:
+            jobs, self._containers = self._containers, []
+        for job in jobs:  # Windows: closing a job kills what is left
+            job.close()
         _live_trackers.discard(self)
         return report
 
@@ -689,155 +398,3 @@ class Tracker(AbstractContextManager["Tracker"]):
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-# --- the loop's tasks ------------------------------------------------------------------------
-
-
-async def _drain(sink: OutputSink, fd: int, stream: str) -> None:
-    """Read until EOF, whatever the caller's thread is doing."""
-    try:
-        if not plat.ASYNC_PIPES:
-            await _drain_threaded(sink, fd, stream)
-            return
-        os.set_blocking(fd, False)
-        plat.enlarge_pipe(fd)
-        run = 0  # bytes read since the loop last ran anything else
-        while True:
-            try:
-                data = os.read(fd, _READ_SIZE)
-            except BlockingIOError:
-                await anyio.wait_readable(fd)
-                run = 0
-                continue
-            if not data:
-                return
-            sink.feed(stream, data)
-            run += len(data)
-            if run >= _FAIR_SHARE:  # in a flood, other pipes get their turn now and then
-                run = 0
-                await anyio.lowlevel.checkpoint()
-    except OSError as exc:
-        sink.feed(STDERR, f"\n[ipyproctrack: reading {stream} failed: {exc}]\n".encode())
-    finally:
-        os.close(fd)
-
-
-async def _drain_threaded(sink: OutputSink, fd: int, stream: str) -> None:
-    limiter = anyio.CapacityLimiter(1)
-    while data := await anyio.to_thread.run_sync(
-        os.read, fd, _READ_SIZE, abandon_on_cancel=True, limiter=limiter
-    ):
-        sink.feed(stream, data)
-
-
-async def _watch_exit(proc: TrackedProcess) -> None:
-    popen = proc._popen
-    if proc._status_fd is not None:
-        await _follow_keeper(proc, proc._status_fd)
-    else:
-        waiter = plat.open_exit_waiter(popen.pid)
-        if waiter is not None:
-            try:
-                await anyio.wait_readable(waiter)
-            finally:
-                os.close(waiter)
-    delay = 0.005
-    while (rc := popen.poll()) is None:
-        await anyio.sleep(delay)
-        delay = min(delay * 2, 0.2)
-    if proc.returncode is None:
-        # Without a keeper this is the command's code; with one, the keeper died before it
-        # could report (it mirrors signal deaths as 128+n).
-        if proc._status_fd is not None and rc > 128:
-            rc = 128 - rc
-        proc._set_exited(rc)
-
-
-async def _follow_keeper(proc: TrackedProcess, fd: int) -> None:
-    """Read the keeper's status events until it exits (EOF)."""
-    buf = bytearray()
-    try:
-        while True:
-            try:
-                data = os.read(fd, 4096)
-            except BlockingIOError:
-                await anyio.wait_readable(fd)
-                continue
-            if not data:
-                return
-            for event in read_status_events(buf, data):
-                if event.get("event") == "exited" and isinstance(event.get("returncode"), int):
-                    rc = event["returncode"]
-                    assert isinstance(rc, int)
-                    proc._set_exited(rc)
-    except OSError:
-        return
-    finally:
-        os.close(fd)
-
-
-# --- argument checks -------------------------------------------------------------------------
-
-
-def _argv_of(command: str | Sequence[str]) -> tuple[list[str], str]:
-    if isinstance(command, str):
-        if not command.strip():
-            raise LaunchError("empty command: give a shell script or a list of arguments")
-        return plat.shell_argv(command), command.strip()
-    if isinstance(command, bytes):
-        raise LaunchError("command must be str or a list of str, not bytes")
-    argv = [os.fspath(a) for a in command]
-    if not argv or not argv[0]:
-        raise LaunchError("empty command: give a shell script or a list of arguments")
-    return argv, shlex.join(argv)
-
-
-def _checked_cwd(cwd: str | os.PathLike[str] | None) -> Path:
-    path = Path(cwd).expanduser() if cwd is not None else Path.cwd()
-    if not path.exists():
-        raise LaunchError(f"directory not found: {path}")
-    if not path.is_dir():
-        raise LaunchError(f"not a directory: {path}")
-    return path.resolve()
-
-
-def _check_executable(
-    command: str | Sequence[str], argv: list[str], env: Mapping[str, str], cwd: Path
-) -> None:
-    """Catch the missing command before anything runs, also for one-line shell scripts."""
-    if isinstance(command, str):
-        first = command.strip().splitlines()[0]
-        try:
-            words = shlex.split(first, comments=True)
-        except ValueError:
-            return  # unbalanced quotes and the like: let the shell say what it thinks
-        words = [w for w in words if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", w)]
-        if not words or words[0] in _SHELL_WORDS or any(c in first for c in "(){}|&;<>`$"):
-            return
-        exe = words[0]
-    else:
-        exe = argv[0]
-    if os.sep in exe or (os.altsep and os.altsep in exe):
-        path = exe if os.path.isabs(exe) else str(cwd / exe)
-        if not os.path.exists(path):
-            raise LaunchError(f"command not found: {exe}")
-        return
-    if shutil.which(exe, path=env.get("PATH")) is None:
-        raise LaunchError(f"command not found: {exe}")
-
-
-def _launch_failure(exe: str, exc: OSError) -> str:
-    if isinstance(exc, FileNotFoundError):
-        return f"command not found: {exe}"
-    if isinstance(exc, PermissionError):
-        return f"permission denied: {exe}"
-    return f"cannot start {exe}: {exc.strerror or exc}"
-
-
-def _as_checks(ready: ReadySpec) -> list[ReadinessCheck]:
-    if ready is None:
-        return []
-    from .ready import as_checks
-
-    return as_checks(ready)

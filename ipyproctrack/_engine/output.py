@@ -4,12 +4,15 @@ in-memory tail (for humans and widgets) and subscribers (fed in batches, never b
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 STDOUT = "stdout"
 STDERR = "stderr"
@@ -237,8 +240,10 @@ class OutputSink:
                     sub.dropped = 0
                 done = not sub.active or self._closed  # a last batch still goes out below
             if batch and sub.active:
-                with contextlib.suppress(Exception):  # a broken subscriber harms no other
+                try:
                     sub.callback(batch)
+                except Exception:  # a broken subscriber harms no other, but is reported
+                    log.exception("output subscriber %r failed", sub.callback)
             if done:
                 return
 

@@ -1,37 +1,19 @@
-"""Readiness checks: small objects that all wait through one deadline loop.
+"""The readiness checks: small objects, each one condition that says a process is ready.
 
-The engine uses them like this (all on its anyio loop thread, except the two plain calls)::
-
-    checks = as_checks(ready)                       # before launch
-    for c in checks:                                # before launch: refuse a taken port
-        if c.port is not None:
-            check_port_free(c.port, c.host, owners=...)
-    proc = <launch>
-    for c in checks:                                # right after launch, before draining
-        c.prepare(proc)
-    <start draining>
-    try:
-        seconds = await wait_until_ready(proc, checks, timeout=ready_timeout)
-    finally:
-        close_checks(checks)
-
-A check never raises for "not yet": it returns False. ``wait_until_ready`` turns the
-deadline or an early exit into ``ReadyTimeout`` / ``ExitedBeforeReady``; tearing the tree
-down after that is the engine's job.
+A check never raises for "not yet": it returns False. ``wait.wait_until_ready`` polls them.
 """
 
 from __future__ import annotations
 
 import abc
 import codecs
-import contextlib
 import errno
 import inspect
 import ipaddress
+import logging
 import re
 import socket
 import threading
-import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Container, Iterable, Sequence
 from typing import Protocol
@@ -39,37 +21,14 @@ from typing import Protocol
 import anyio
 import anyio.to_thread
 
-from ..errors import ExitedBeforeReady, ReadyTimeout
-
-__all__ = [
-    "CallableReady",
-    "HttpReady",
-    "OutputReady",
-    "PortReady",
-    "ProcessLike",
-    "ReadinessCheck",
-    "as_checks",
-    "close_checks",
-    "describe_checks",
-    "wait_until_ready",
-]
+log = logging.getLogger(__name__)
 
 # One attempt of a network check never takes longer than this (the deadline may cut it
 # shorter). Connections to a loopback port are refused or accepted at once.
 _ATTEMPT_TIMEOUT = 2.0
 _LOOPBACK_BLOCK = 0.05
-_FIRST_DELAY = 0.01
-_MAX_DELAY = 0.4  # each wake costs ~1 ms of CPU on a VM: few, cheap attempts
-# After the root command exits, keep polling this long before giving up: the drain may
-# still be delivering the last output (a banner printed just before exit, or the last
-# lines for the error message).
-_EXIT_SETTLE = 0.25
-# A root that exits with 0 while processes it started live on was a launcher (``pg_ctl
-# start``, ``server &``): keep waiting, and look again at its tree this often.
-_TREE_RECHECK = 1.0
 _WINDOW_CHARS = 64 * 1024
 _SEED_LINES = 2000
-_TAIL_LINES_IN_ERRORS = 10
 _STREAMS = ("stdout", "stderr")
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
 
@@ -411,7 +370,8 @@ class CallableReady(ReadinessCheck):
                 result = await anyio.to_thread.run_sync(self.fn, abandon_on_cancel=True)
                 if inspect.isawaitable(result):
                     result = await result
-        except Exception as exc:
+        except Exception as exc:  # "not ready yet": kept, and chained to a timeout error
+            log.debug("%s: %s raised %r", proc.name, self.describe(), exc)
             self.last_error = exc
             return False
         self.last_error = None
@@ -440,90 +400,7 @@ def describe_checks(checks: Sequence[ReadinessCheck]) -> str:
 def close_checks(checks: Iterable[ReadinessCheck]) -> None:
     """Close every check; never raises."""
     for c in checks:
-        with contextlib.suppress(Exception):  # closing must not hide the real outcome
+        try:
             c.close()
-
-
-async def _tree_lives_on(proc: ProcessLike) -> bool:
-    """Whether any process of the tree other than the (exited) root is alive."""
-    try:
-        members = await anyio.to_thread.run_sync(proc.tree, abandon_on_cancel=True)
-    except Exception:
-        return False
-    return any(getattr(m, "pid", None) != proc.pid for m in members)
-
-
-def _last_output(proc: ProcessLike) -> str:
-    try:
-        text = proc.tail(_TAIL_LINES_IN_ERRORS)
-    except Exception:
-        text = ""
-    return text.rstrip("\n") or "(no output)"
-
-
-async def wait_until_ready(
-    proc: ProcessLike, checks: Sequence[ReadinessCheck], *, timeout: float
-) -> float:
-    """Poll every check until all have passed; return the seconds this took.
-
-    A check that passed once stays passed. Between rounds the loop sleeps, starting at
-    10 ms and doubling up to 400 ms, so a long wait costs next to no CPU. Raises
-    ``ExitedBeforeReady`` if the process exits first, ``ReadyTimeout`` when ``timeout``
-    passes. Tears nothing down and does not close the checks.
-
-    A root that exits with code 0 while other members of its tree live on (a launcher
-    that daemonizes the server) is not "exited": the wait goes on while the tree lives.
-    """
-    start = time.monotonic()
-    deadline = start + max(timeout, 0.0)
-    pending = list(checks)
-    delay = _FIRST_DELAY
-    exited_at: float | None = None
-    tree_checked_at = -_TREE_RECHECK
-    tree_alive = False
-    last_error: BaseException | None = None
-    while True:
-        rc = proc.returncode
-        if rc is not None and exited_at is None:
-            exited_at = time.monotonic()
-        still: list[ReadinessCheck] = []
-        for c in pending:
-            remaining = deadline - time.monotonic()
-            passed = False
-            if remaining > 0:
-                with anyio.move_on_after(remaining):
-                    try:
-                        passed = await c.check(proc)
-                    except Exception as exc:
-                        last_error = exc
-            if not passed:
-                still.append(c)
-        pending = still
-        now = time.monotonic()
-        if not pending:
-            return now - start
-        desc = describe_checks(pending)
-        if rc == 0 and now - tree_checked_at >= _TREE_RECHECK:
-            tree_alive = await _tree_lives_on(proc)
-            tree_checked_at = now = time.monotonic()
-        if (
-            rc is not None
-            and exited_at is not None
-            and not (rc == 0 and tree_alive)
-            and (now - exited_at >= _EXIT_SETTLE or now >= deadline)
-        ):
-            raise ExitedBeforeReady(
-                f"{proc.name} exited with code {rc} before it was ready ({desc}). "
-                f"Last output:\n{_last_output(proc)}"
-            )
-        if now >= deadline:
-            if last_error is None:
-                last_error = next(
-                    (c.last_error for c in pending if isinstance(c, CallableReady)), None
-                )
-            raise ReadyTimeout(
-                f"{proc.name} was not ready after {timeout:g} s ({desc}). "
-                f"Last output:\n{_last_output(proc)}"
-            ) from last_error
-        await anyio.sleep(min(delay, deadline - now))
-        delay = min(delay * 2, _MAX_DELAY)
+        except Exception:  # closing must not hide the real outcome; it is reported
+            log.exception("closing readiness check %r failed", c)

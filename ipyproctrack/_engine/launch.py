@@ -1,0 +1,188 @@
+"""Launch: check a command's arguments before anything runs, then spawn its root process
+(through our keeper on POSIX, a plain Popen in a Job Object elsewhere)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import _platform as plat
+from .._keeper.client import spawn_kept
+from .._proc.identity import ProcId, create_time_from_start
+from .._proc.scan import get_record
+from ..errors import LaunchError
+
+log = logging.getLogger(__name__)
+
+# Words a shell runs itself: a script that starts with one of these needs no executable.
+_SHELL_WORDS = frozenset(
+    {
+        "!", ".", ":", "[", "[[", "{", "(", "alias", "bg", "break", "builtin", "caller", "case",
+        "cd", "command", "compgen", "complete", "continue", "declare", "dirs", "disown", "echo",
+        "enable", "eval", "exec", "exit", "export", "false", "fc", "fg", "for", "function",
+        "getopts", "hash", "help", "history", "if", "jobs", "kill", "let", "local", "logout",
+        "mapfile", "popd", "printf", "pushd", "pwd", "read", "readarray", "readonly", "return",
+        "select", "set", "shift", "shopt", "source", "suspend", "test", "time", "times", "trap",
+        "true", "type", "typeset", "ulimit", "umask", "unalias", "unset", "until", "wait", "while",
+        "coproc"
+    }
+)
+_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=.*")
+
+
+# --- argument checks -------------------------------------------------------------------------
+
+
+def argv_of(command: str | Sequence[str]) -> tuple[list[str], str]:
+    """(argv to execute, the command as displayed). A str runs in bash (or sh)."""
+    if isinstance(command, str):
+        if not command.strip():
+            raise LaunchError("empty command: give a shell script or a list of arguments")
+        return plat.shell_argv(command), command.strip()
+    if isinstance(command, bytes):
+        raise LaunchError("command must be str or a list of str, not bytes")
+    argv = [os.fspath(a) for a in command]
+    if not argv or not argv[0]:
+        raise LaunchError("empty command: give a shell script or a list of arguments")
+    return argv, shlex.join(argv)
+
+
+def checked_cwd(cwd: str | os.PathLike[str] | None) -> Path:
+    """The resolved working directory; LaunchError if it is missing or not a directory."""
+    path = Path(cwd).expanduser() if cwd is not None else Path.cwd()
+    if not path.exists():
+        raise LaunchError(f"directory not found: {path}")
+    if not path.is_dir():
+        raise LaunchError(f"not a directory: {path}")
+    return path.resolve()
+
+
+def child_env(env: Mapping[str, str] | None, *, session_tag: str) -> dict[str, str]:
+    """Our environment, updated with ``env`` and tagged with the session."""
+    full = dict(os.environ)
+    for key, value in (env or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str) or not key or "=" in key:
+            raise LaunchError(f"bad environment entry {key!r}={value!r}: "
+                              "keys and values must be strings, keys without '='")
+        full[key] = value
+    full[plat.TAG_SESSION] = session_tag
+    return full
+
+
+def check_executable(
+    command: str | Sequence[str], argv: list[str], env: Mapping[str, str], cwd: Path
+) -> None:
+    """Catch the missing command before anything runs, also for one-line shell scripts."""
+    if isinstance(command, str):
+        first = command.strip().splitlines()[0]
+        try:
+            words = shlex.split(first, comments=True)
+        except ValueError:
+            return  # unbalanced quotes and the like: let the shell say what it thinks
+        words = [w for w in words if not _ASSIGNMENT.fullmatch(w)]
+        if not words or words[0] in _SHELL_WORDS or any(c in first for c in "(){}|&;<>`$"):
+            return
+        exe = words[0]
+    else:
+        exe = argv[0]
+    if os.sep in exe or (os.altsep and os.altsep in exe):
+        path = exe if os.path.isabs(exe) else str(cwd / exe)
+        if not os.path.exists(path):
+            raise LaunchError(f"command not found: {exe}")
+        return
+    if shutil.which(exe, path=env.get("PATH")) is None:
+        raise LaunchError(f"command not found: {exe}")
+
+
+def _launch_failure(exe: str, exc: OSError) -> str:
+    if isinstance(exc, FileNotFoundError):
+        return f"command not found: {exe}"
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exe}"
+    return f"cannot start {exe}: {exc.strerror or exc}"
+
+
+# --- spawning --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Root:
+    """A spawned root command and what watching it takes."""
+
+    popen: subprocess.Popen[bytes]  # our direct child: the keeper, or the command itself
+    pid: int  # the command's pid
+    create_time: float
+    out_fd: int  # read ends of its stdout and stderr, owned by the drain from now on
+    err_fd: int
+    helpers: tuple[ProcId, ...] = ()  # our keeper: never signalled or reported
+    status_fd: int | None = None  # the keeper's status pipe (POSIX)
+    container: plat.Containment | None = None  # Windows: a kill-on-close Job Object
+
+
+def spawn_root(
+    argv: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    tag: str,
+    session: str,
+    lifeline: Callable[[], int],
+    keeper_grace: float,
+) -> Root:
+    """Start ``argv`` in a new session (and group) with its output on two new pipes.
+    ``lifeline()`` gives the read end the keeper watches. Raises LaunchError."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    kept = None
+    try:
+        if plat.USE_KEEPER:
+            # The keeper is the command's parent: a subreaper (Linux) and a watchdog that
+            # tears the tree down if this process dies without running any Python.
+            kept = spawn_kept(
+                argv, cwd=str(cwd), env=env, stdout=out_w, stderr=err_w,
+                lifeline_fd=lifeline(), grace=keeper_grace,
+                subreaper=plat.HAS_SUBREAPER, tag=tag, session=session,
+            )
+            popen = kept.keeper
+        else:
+            popen = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w, cwd=cwd,
+                env=env, close_fds=True, **plat.popen_kwargs(),
+            )
+    except (OSError, LaunchError) as exc:
+        for fd in (out_r, err_r):
+            os.close(fd)
+        if isinstance(exc, LaunchError):
+            raise
+        raise LaunchError(_launch_failure(argv[0], exc)) from None
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    if kept is not None:
+        # The keeper read the start time before anyone could reap the command, so it
+        # cannot belong to a recycled pid; a fresh read is only the fallback.
+        ctime = create_time_from_start(kept.start_time)
+        if ctime is None:
+            ctime = _create_time(kept.pid)
+        keeper_rec = get_record(popen.pid)
+        keeper = ProcId(popen.pid, keeper_rec.create_time if keeper_rec else 0.0)
+        log.debug("launched %s: pid %d under keeper %d", tag, kept.pid, keeper.pid)
+        return Root(popen, kept.pid, ctime, out_r, err_r, helpers=(keeper,),
+                    status_fd=kept.status_fd)
+    container = plat.contain(popen.pid)
+    log.debug("launched %s: pid %d", tag, popen.pid)
+    # Not reaped yet, so the pid cannot have been reused.
+    return Root(popen, popen.pid, _create_time(popen.pid), out_r, err_r, container=container)
+
+
+def _create_time(pid: int) -> float:
+    rec = get_record(pid)
+    return rec.create_time if rec else time.time()
