@@ -1,213 +1,46 @@
-"""The extension's session (config, Tracker, widgets) and its teardown on every kernel ending.
+"""The extension's session for one shell: config, the Tracker, launching, and its endings.
 
-design.md fact 3: IPython 9 has no shutdown hook. The measured triggers are
-- ``shutdown_kernel()`` / ``restart_kernel()``: ipykernel runs ``kernel.do_shutdown`` on its
-  Control thread; we wrap it (keeping its signature, sync or async);
-- a bare SIGTERM: nothing runs unless we install a handler, so we install one that tears
-  down, restores the previous handler and re-raises the signal;
-- ``atexit`` as the last resort (it runs only if the exit finishes in time).
-SIGKILL / OOM / the server dying are the engine's watchdog's job, not ours.
-
-Every one of these paths finishes within about 2 s (jupyter_client sends SIGTERM at 2.5 s),
-uses a grace of at most :data:`KERNEL_END_GRACE` and never raises. What it did (which
-trigger, how long, the report) is written to :data:`KERNEL_END_RECORD` in the log directory.
+Every ending (``%unload_ext``, or a kernel end reported by :mod:`.hooks`) tears every
+tracked tree down. A kernel-ending teardown finishes within about 2 s, uses a grace of at
+most :data:`KERNEL_END_GRACE`, never raises, and writes what it did (which trigger, how
+long, the report) to :data:`KERNEL_END_RECORD` in the log directory.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import functools
-import inspect
+import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from ipyproctrack._engine.naming import free_name
 
 from .config import ProcTrackConfig
-from .render import TreeSampler, TreeStats, sample_trees
-from .widgets import LaunchSpec, ProcessWidget, Refresher, has_widget_frontend
+from .hooks import KERNEL_END_BUDGET, KernelEndHooks
+from .refresher import Refresher
+from .spec import LaunchSpec
+from .stats import TreeSampler, TreeStats, sample_trees
+from .views import failure_text
+from .widget import ProcessWidget, has_widget_frontend
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
     from ipyproctrack import CleanupReport, TrackedProcess, Tracker
 
-__all__ = [
-    "KERNEL_END_GRACE",
-    "KERNEL_END_RECORD",
-    "KernelEndHooks",
-    "NotebookSession",
-    "run_bounded",
-]
+__all__ = ["INLINE_GRACE", "KERNEL_END_GRACE", "KERNEL_END_RECORD", "NotebookSession"]
+
+log = logging.getLogger(__name__)
 
 #: Grace used when the kernel ends (shutdown, restart, SIGTERM, exit): at most this.
 KERNEL_END_GRACE = 0.8
-#: A kernel-ending teardown gives up waiting after this many seconds.
-KERNEL_END_BUDGET = 2.0
 #: Grace when no helper thread can bound the teardown (interpreter shutdown): it runs
 #: inline, so it must be short by itself (grace + about 1 s of sweeping and reaping).
 INLINE_GRACE = 0.3
 #: File in the Tracker's log directory that says how the kernel-end teardown went.
 KERNEL_END_RECORD = "ipyproctrack-kernel-end.txt"
-
-_SignalHandler = Callable[[int, FrameType | None], Any] | int | None
-
-
-def run_bounded(
-    fn: Callable[[], object], timeout: float, *, inline: Callable[[], object] | None = None
-) -> bool:
-    """Run ``fn`` on a helper thread and wait at most ``timeout``; True if it finished.
-
-    A thread keeps a signal handler or the Control thread from hanging on a lock the
-    interrupted code holds. If no thread can be started (interpreter shutdown), nothing
-    can bound ``fn``: run ``inline`` instead (default ``fn``), which must bound itself.
-    """
-    done = threading.Event()
-
-    def target(call: Callable[[], object] = fn) -> None:
-        try:
-            call()
-        except BaseException:
-            pass
-        finally:
-            done.set()
-
-    try:
-        thread = threading.Thread(target=target, name="ipyproctrack-teardown", daemon=True)
-        thread.start()
-    except RuntimeError:
-        target(fn if inline is None else inline)
-        return True
-    return done.wait(timeout)
-
-
-class KernelEndHooks:
-    """Installs (and removes) the teardown triggers of design.md fact 3.
-
-    ``teardown(trigger, inline)`` does the work; ``inline`` is True when it runs without a
-    helper thread to bound it (so it must be quick by itself).
-    """
-
-    def __init__(self, teardown: Callable[[str, bool], None]) -> None:
-        self._teardown = teardown
-        self._active = False
-        self._kernel: Any = None
-        self._wrapper: Callable[..., Any] | None = None
-        self._original: Callable[..., Any] | None = None
-        self._had_instance_attr = False
-        self._previous_sigterm: _SignalHandler = None
-        self._sigterm_installed = False
-        self._pid = os.getpid()
-
-    # ------------------------------------------------------------------ install / remove
-
-    def install(self, shell: InteractiveShell) -> None:
-        self._active = True
-        # Forked children (multiprocessing workers) inherit the SIGTERM handler and atexit;
-        # Pool.terminate() SIGTERMs them. They must never tear down the kernel's trees.
-        self._pid = os.getpid()
-        self._wrap_do_shutdown(getattr(shell, "kernel", None))
-        self._install_sigterm()
-        atexit.register(self._on_atexit)
-
-    def uninstall(self) -> None:
-        self._active = False
-        atexit.unregister(self._on_atexit)
-        kernel, wrapper = self._kernel, self._wrapper
-        # if someone wrapped it after us, our wrapper stays but is inert (_active)
-        if (
-            kernel is not None
-            and wrapper is not None
-            and kernel.__dict__.get("do_shutdown") is wrapper
-        ):
-            if self._had_instance_attr:
-                kernel.do_shutdown = self._original
-            else:
-                del kernel.do_shutdown
-        self._kernel = self._wrapper = None
-        if self._sigterm_installed and threading.current_thread() is threading.main_thread():
-            try:
-                if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
-                    signal.signal(signal.SIGTERM, self._restorable(self._previous_sigterm))
-            except (ValueError, OSError):
-                pass
-            self._sigterm_installed = False
-
-    # ------------------------------------------------------------------ triggers
-
-    def _run(self, trigger: str) -> None:
-        if not self._active or os.getpid() != self._pid:
-            return
-        self._active = False
-        run_bounded(
-            functools.partial(self._teardown, trigger, False),
-            KERNEL_END_BUDGET,
-            inline=functools.partial(self._teardown, trigger, True),
-        )
-
-    def _wrap_do_shutdown(self, kernel: Any) -> None:
-        original = getattr(kernel, "do_shutdown", None) if kernel is not None else None
-        if original is None:
-            return
-        hooks = self
-
-        if inspect.iscoroutinefunction(original):
-
-            @functools.wraps(original)
-            async def do_shutdown(restart: bool) -> Any:
-                hooks._run("do_shutdown")
-                return await original(restart)
-
-            wrapper: Callable[..., Any] = do_shutdown
-        else:
-
-            @functools.wraps(original)
-            def do_shutdown_sync(restart: bool) -> Any:
-                hooks._run("do_shutdown")
-                return original(restart)
-
-            wrapper = do_shutdown_sync
-        self._had_instance_attr = "do_shutdown" in kernel.__dict__
-        kernel.do_shutdown = wrapper
-        self._kernel, self._wrapper, self._original = kernel, wrapper, original
-
-    def _install_sigterm(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        try:
-            self._previous_sigterm = signal.getsignal(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, self._on_sigterm)
-        except (ValueError, OSError):
-            return
-        self._sigterm_installed = True
-
-    @staticmethod
-    def _restorable(handler: _SignalHandler) -> Any:
-        return signal.SIG_DFL if handler is None else handler
-
-    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        try:
-            self._run("SIGTERM")
-        finally:
-            previous = self._restorable(self._previous_sigterm)
-            self._sigterm_installed = False
-            try:
-                signal.signal(signal.SIGTERM, previous)
-            except (ValueError, OSError):
-                previous = signal.SIG_DFL
-            if callable(previous):
-                previous(signum, frame)
-            elif previous == signal.SIG_DFL:
-                os.kill(os.getpid(), signal.SIGTERM)  # dies here, by SIGTERM as asked
-
-    def _on_atexit(self) -> None:
-        self._run("atexit")
 
 
 class NotebookSession:
@@ -297,6 +130,31 @@ class NotebookSession:
             on_launched=launched,
         )
 
+    def launch_in_widget(self, spec: LaunchSpec) -> TrackedProcess:
+        """Show a widget, then start ``spec`` in it: the widget attaches as soon as the
+        process exists (pid, live output and Stop while a readiness check still waits).
+        Whatever goes wrong, the widget never stays at "starting…"; the error is re-raised.
+        """
+        from IPython.display import display as _display
+
+        display: Callable[..., Any] = _display
+        widget = ProcessWidget(self, spec)
+        handle = display(widget.view, display_id=True)
+        self.add_widget(widget)
+        before = self.launched(spec.name)
+        try:
+            proc = self.launch(spec, on_launched=widget.attach)
+        except BaseException as exc:
+            started = widget.proc or self.launched(spec.name)
+            if started is not None and started is not before and started.returncode is None:
+                widget.attach(started)  # e.g. an interrupted wait: the process runs on
+            else:
+                widget.fail(failure_text(exc))
+            _update_display(handle, widget)
+            raise
+        _update_display(handle, widget)  # the saved text/plain becomes the status line
+        return proc
+
     def launched(self, name: str) -> TrackedProcess | None:
         """The newest launch called ``name`` (None if nothing by that name exists)."""
         tracker = self._tracker
@@ -333,8 +191,10 @@ class NotebookSession:
         stopped = self.refresher.stop()
         report = tracker.close(grace=self.grace(grace)) if tracker is not None else None
         if stopped:
-            with contextlib.suppress(Exception):
+            try:
                 self.refresher.tick(force_stats=True)  # "stopped" and the last lines
+            except Exception:  # the teardown is done; a stale widget must not undo that
+                log.exception("the final widget refresh failed")
         return None if was_closed else report
 
     def kernel_end_teardown(self, trigger: str = "kernel end", inline: bool = False) -> None:
@@ -352,16 +212,25 @@ class NotebookSession:
         report: CleanupReport | None = None
         if inline:
             grace = min(self.grace(), INLINE_GRACE)
-            with contextlib.suppress(Exception):
-                report = tracker.cleanup(grace=grace)
         else:
             budget = KERNEL_END_BUDGET - (time.monotonic() - started)
             grace = max(0.0, min(self.grace(), KERNEL_END_GRACE, budget - 1.0))
-            with contextlib.suppress(Exception):
-                report = tracker.close(grace=grace)
+        try:
+            report = tracker.cleanup(grace=grace) if inline else tracker.close(grace=grace)
+        except Exception:  # the engine's teardown reports; this is a bug, and the end goes on
+            log.exception("the kernel-end teardown (%s) failed", trigger)
         took = time.monotonic() - started
-        with contextlib.suppress(Exception):
+        try:
             _write_record(tracker, trigger, inline, grace, took, report)
+        except OSError as exc:
+            log.warning("cannot write the kernel-end record: %s", exc)
+
+
+def _update_display(handle: Any, widget: ProcessWidget) -> None:
+    try:
+        handle.update(widget.view)
+    except Exception:  # the frontend may be gone; the widget itself is fine
+        log.warning("cannot update the display of %r", widget.spec.name, exc_info=True)
 
 
 def _write_record(
