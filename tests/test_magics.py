@@ -537,8 +537,12 @@ def test_refresher_reports_a_broken_widget_once_and_refreshes_the_others(
     wait_for(lambda: errors() and "line" in good.tail.value)
     failures, tails = host.failures, {good.tail.value}
     # many more ticks: the broken widget fails on each, the good one shows new lines
-    wait_for(lambda: tails.add(good.tail.value) or (len(tails) >= 4
-                                                    and host.failures >= failures + 3))
+
+    def more_ticks() -> bool:
+        tails.add(good.tail.value)
+        return len(tails) >= 4 and host.failures >= failures + 3
+
+    wait_for(more_ticks)
     assert session.refresher._thread is not None and session.refresher._thread.is_alive()
     (record,) = errors()  # reported once, with its traceback
     assert "'broken'" in record.getMessage() and record.exc_info is not None
