@@ -36,7 +36,7 @@ from ipyproctrack._notebook.magics import parse_env
 from ipyproctrack._notebook.refresher import MESSAGE_BUDGET, Refresher
 from ipyproctrack._notebook.spec import LaunchSpec
 from ipyproctrack._notebook.stats import EMPTY_STATS
-from ipyproctrack._notebook.views import CleanupView, LogsView, ProcessTable
+from ipyproctrack._notebook.views import CleanupView, LogsView, ProcessTable, badge_html
 from ipyproctrack._notebook.widget import ProcessWidget, has_widget_frontend
 
 pytestmark = pytest.mark.timeout(60)
@@ -381,6 +381,24 @@ def test_terminal_ipython_with_config_file(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- widgets
 
 
+@pytest.mark.parametrize(
+    ("state", "colour"),
+    [
+        (ProcessState(Phase.STARTING), "#f9a825"),
+        (ProcessState(Phase.RUNNING), "#2e7d32"),
+        (ProcessState(Phase.READY, ready_seconds=0.42), "#2e7d32"),
+        (ProcessState(Phase.STOPPED, -15), "#616161"),
+        (ProcessState(Phase.EXITED, 0), "#616161"),
+        (ProcessState(Phase.EXITED, 3), "#c62828"),
+        (ProcessState(Phase.KILLED, -9), "#c62828"),
+        (ProcessState(Phase.FAILED), "#c62828"),
+    ],
+)
+def test_badge_colour_follows_the_phase(state: ProcessState, colour: str) -> None:
+    badge = badge_html(state)
+    assert f"background:{colour}" in badge and f">{state.describe()}</span>" in badge
+
+
 def test_frontend_seam() -> None:
     assert not has_widget_frontend(InteractiveShell.instance())
     assert not has_widget_frontend(None)
@@ -562,7 +580,7 @@ def test_restart_builds_fresh_readiness_checks(ip: InteractiveShell) -> None:
     first = nb.get_process("banner")
     second = session.relaunch(spec)  # what the Restart button does
     assert second is not first and first.returncode is not None
-    assert second.ready_state == "ready" and second.ready_seconds is not None
+    assert second.state.phase is Phase.READY and second.state.ready_seconds is not None
 
 
 def test_refresher_scans_once_for_all_widgets(

@@ -141,7 +141,7 @@ def test_server_ready_in_the_very_next_cell(shared: Kernel) -> None:
                for m in result.of("comm_msg") + later.of("comm_msg")]
     assert any(re.search(r"ready in \d+\.\d\d s", h) for h in headers), headers[-3:]
     seconds = shared.value(f"{NB}.get_process('web').ready_seconds")
-    assert shared.value(f"{NB}.get_process('web').ready_state") == "ready"
+    assert shared.value(f"{NB}.get_process('web').state.phase.value") == "ready"
     assert 1.4 <= seconds < took + 0.1, seconds
 
 
@@ -166,7 +166,7 @@ def test_wait_output_matches_a_banner_split_across_two_writes(shared: Kernel) ->
     took = time.monotonic() - started
     print(f"--wait-output on a split banner: cell returned in {took:.2f} s")
     assert took < 10, took
-    assert shared.value(f"{NB}.get_process('banner').ready_state") == "ready"
+    assert shared.value(f"{NB}.get_process('banner').state.phase.value") == "ready"
     assert shared.value(f"{NB}.get_process('banner').ready_seconds") >= 0.25
     assert re.search(r"ready in \d+\.\d\d s", _all_text(result))
     assert "Listening on port 8123" in shared.value(f"{NB}.get_process('banner').tail(5)")
@@ -229,7 +229,7 @@ def test_timeout_tears_the_tree_down_with_the_last_lines(shared: Kernel) -> None
     for pid in pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", pid
     assert _new_tagged(before) == {}
-    assert shared.value(f"{NB}.get_process('slow').ready_state") == "failed"
+    assert shared.value(f"{NB}.get_process('slow').state.phase.value") == "failed"
     assert shared.value(f"{NB}.get_process('slow').tree()") == []
 
 
