@@ -124,11 +124,14 @@ class KernelEndHooks:
         if not self._active or os.getpid() != self._pid:
             return
         self._active = False
-        run_bounded(
+        finished = run_bounded(
             functools.partial(self._teardown, trigger, False),
             KERNEL_END_BUDGET,
             inline=functools.partial(self._teardown, trigger, True),
         )
+        if not finished:  # the keeper finishes what is left
+            log.warning("the kernel-end teardown (%s) still runs after %g s; going on",
+                        trigger, KERNEL_END_BUDGET)
 
     def _wrap_do_shutdown(self, kernel: Any) -> None:
         original = getattr(kernel, "do_shutdown", None) if kernel is not None else None
