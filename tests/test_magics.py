@@ -7,6 +7,7 @@ processes. The kernel-level behaviour is in test_kernel.py.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -18,7 +19,7 @@ import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from _procs import is_alive, wait_dead
@@ -29,16 +30,14 @@ from traitlets import TraitError
 import ipyproctrack._notebook as nb
 from ipyproctrack import Phase, PortReady, ProcessState, TrackedProcess
 from ipyproctrack._engine.naming import base_name
-from ipyproctrack._notebook import lifecycle
+from ipyproctrack._notebook import hooks
+from ipyproctrack._notebook import session as session_module
 from ipyproctrack._notebook.magics import parse_env
-from ipyproctrack._notebook.render import EMPTY_STATS, CleanupView, LogsView, ProcessTable
-from ipyproctrack._notebook.widgets import (
-    MESSAGE_BUDGET,
-    LaunchSpec,
-    ProcessWidget,
-    Refresher,
-    has_widget_frontend,
-)
+from ipyproctrack._notebook.refresher import MESSAGE_BUDGET, Refresher
+from ipyproctrack._notebook.spec import LaunchSpec
+from ipyproctrack._notebook.stats import EMPTY_STATS
+from ipyproctrack._notebook.views import CleanupView, LogsView, ProcessTable, badge_html
+from ipyproctrack._notebook.widget import ProcessWidget, has_widget_frontend
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -382,6 +381,24 @@ def test_terminal_ipython_with_config_file(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- widgets
 
 
+@pytest.mark.parametrize(
+    ("state", "colour"),
+    [
+        (ProcessState(Phase.STARTING), "#f9a825"),
+        (ProcessState(Phase.RUNNING), "#2e7d32"),
+        (ProcessState(Phase.READY, ready_seconds=0.42), "#2e7d32"),
+        (ProcessState(Phase.STOPPED, -15), "#616161"),
+        (ProcessState(Phase.EXITED, 0), "#616161"),
+        (ProcessState(Phase.EXITED, 3), "#c62828"),
+        (ProcessState(Phase.KILLED, -9), "#c62828"),
+        (ProcessState(Phase.FAILED), "#c62828"),
+    ],
+)
+def test_badge_colour_follows_the_phase(state: ProcessState, colour: str) -> None:
+    badge = badge_html(state)
+    assert f"background:{colour}" in badge and f">{state.describe()}</span>" in badge
+
+
 def test_frontend_seam() -> None:
     assert not has_widget_frontend(InteractiveShell.instance())
     assert not has_widget_frontend(None)
@@ -497,6 +514,62 @@ def test_refresher_budget_with_many_widgets(ip: InteractiveShell) -> None:
     assert all("line" in t for t in tails)  # oldest-first order: nobody starves
 
 
+class _BrokenHost:
+    """A session whose config cannot be read, so its widget's tail rendering raises on
+    every tick: a stand-in for any bug in one widget."""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.failures = 0
+
+    @property
+    def config(self) -> Any:
+        self.failures += 1
+        raise RuntimeError("broken host")
+
+    def relaunch(self, spec: LaunchSpec, *, on_launched: Any = None) -> TrackedProcess:
+        return cast(TrackedProcess, self.session.relaunch(spec, on_launched=on_launched))
+
+    def stop_process(self, proc: TrackedProcess, grace: float | None) -> None:
+        self.session.stop_process(proc, grace)
+
+    def wake(self) -> None:
+        self.session.wake()
+
+
+def test_refresher_reports_a_broken_widget_once_and_refreshes_the_others(
+    ip: InteractiveShell, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ipyproctrack._notebook.refresher")
+    session = nb.current_session()
+    host = _BrokenHost(session)
+    broken = ProcessWidget(host, LaunchSpec(command=TICKER, name="broken"))
+    good = ProcessWidget(session, LaunchSpec(command=TICKER, name="good"))
+    for widget in (broken, good):
+        widget.attach(session.launch(widget.spec))
+        session.add_widget(widget)  # the session's one refresher thread
+
+    def errors() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+    wait_for(lambda: errors() and "line" in good.tail.value)
+    failures, tails = host.failures, {good.tail.value}
+    # many more ticks: the broken widget fails on each, the good one shows new lines
+
+    def more_ticks() -> bool:
+        tails.add(good.tail.value)
+        return len(tails) >= 4 and host.failures >= failures + 3
+
+    wait_for(more_ticks)
+    assert session.refresher._thread is not None and session.refresher._thread.is_alive()
+    (record,) = errors()  # reported once, with its traceback
+    assert "'broken'" in record.getMessage() and record.exc_info is not None
+    assert "broken host" in str(record.exc_info[1])
+    again = [r for r in caplog.records if "failed again" in r.getMessage()]
+    assert len(again) >= 3 and all(r.levelno == logging.DEBUG for r in again)
+    assert "line" not in broken.tail.value
+
+
 def test_restart_builds_fresh_readiness_checks(ip: InteractiveShell) -> None:
     cell(ip, "banner --wait-output 'up and running' --timeout 10",
          "echo up and running; exec sleep 100\n")
@@ -507,7 +580,7 @@ def test_restart_builds_fresh_readiness_checks(ip: InteractiveShell) -> None:
     first = nb.get_process("banner")
     second = session.relaunch(spec)  # what the Restart button does
     assert second is not first and first.returncode is not None
-    assert second.state.phase is Phase.READY and second.ready_seconds is not None
+    assert second.state.phase is Phase.READY and second.state.ready_seconds is not None
 
 
 def test_refresher_scans_once_for_all_widgets(
@@ -564,11 +637,10 @@ def test_rerun_stops_the_old_tree_with_its_own_grace(ip: InteractiveShell) -> No
 
 def test_widget_never_stays_starting_after_an_unexpected_error(ip: InteractiveShell) -> None:
     session = nb.current_session()
-    magics = call(ip.magics_manager.registry.get, "ProcTrackMagics")
     # 1. the engine refuses before anything runs: the widget says why
     bad = LaunchSpec(command="exec sleep 100", name="bad", ready=[object()])
     with pytest.raises(TypeError):
-        magics._launch(bad, use_widget=True)
+        session.launch_in_widget(bad)
     widget = session.refresher.widgets[-1]
     assert widget.phase == "failed" and widget.error.startswith("TypeError: ready=")
     assert repr(widget.view).startswith("bad: failed: TypeError")
@@ -584,7 +656,7 @@ def test_widget_never_stays_starting_after_an_unexpected_error(ip: InteractiveSh
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.5)
         with pytest.raises(RuntimeError, match="alarm went off"):
-            magics._launch(spec, use_widget=True)
+            session.launch_in_widget(spec)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -624,13 +696,13 @@ def test_kernel_end_teardown_is_bounded_without_threads(
         raise RuntimeError("can't create new thread at interpreter shutdown")
 
     no_threads = types.SimpleNamespace(**{**vars(threading), "Thread": no_thread})
-    monkeypatch.setattr(lifecycle, "threading", no_threads)
+    monkeypatch.setattr(hooks, "threading", no_threads)
     started = time.monotonic()
     session.hooks._on_atexit()
     took = time.monotonic() - started
     assert took < 2.0, took
     assert proc.returncode == -signal.SIGKILL and proc.tree() == []
-    record = (proc.tracker.log_dir / lifecycle.KERNEL_END_RECORD).read_text()
+    record = (proc.tracker.log_dir / session_module.KERNEL_END_RECORD).read_text()
     assert record.startswith("kernel end by atexit (inline): teardown took"), record
     assert "stubborn: 1 process(es), all gone" in record, record
 

@@ -12,7 +12,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .config import ProcTrackConfig
-from .lifecycle import NotebookSession
+from .session import NotebookSession
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
@@ -78,7 +78,7 @@ def unload(ip: InteractiveShell) -> None:
     if config is not None and config in configurables:
         configurables.remove(config)
     if report is not None and report.outcomes:
-        from .render import CleanupView
+        from .views import CleanupView
 
         print("\n".join(["ipyproctrack unloaded:", *CleanupView(report).summary()]))
 

@@ -14,6 +14,7 @@ import functools
 import math
 import re
 import shlex
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -22,25 +23,24 @@ from IPython.core import magic_arguments as _ipy_magic_arguments
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
-from ipyproctrack import HttpReady, OutputReady, PortReady
 from ipyproctrack._engine.naming import base_name
+from ipyproctrack._engine.ready import HttpReady, OutputReady, PortReady
 from ipyproctrack.errors import NotReadyError, ProcTrackError
 
 from .config import grace_problem
-from .render import CleanupView, LogsView, ProcessTable, status_line
-from .widgets import LaunchSpec, ProcessWidget
+from .spec import LaunchSpec
+from .views import CleanupView, LogsView, ProcessTable, first_line, status_line
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
     from ipyproctrack import TrackedProcess
 
-    from .lifecycle import NotebookSession
+    from .session import NotebookSession
 
 __all__ = ["ProcTrackMagics", "parse_env"]
 
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 # One shell word, quotes kept, at a position (for splitting off leading options).
 _WORD = re.compile(r"""\s*((?:[^\s'"\\]+|'[^']*'|"(?:\\.|[^"\\])*"|\\.)+)""")
 
@@ -77,20 +77,6 @@ def _parse(magic: str, line: str) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
-
-
-def _failure_text(exc: BaseException) -> str:
-    """What a widget shows for a launch that failed with ``exc``."""
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted before it started"
-    if isinstance(exc, (UsageError, ProcTrackError)):
-        return _one_line(exc)
-    return f"{type(exc).__name__}: {_one_line(exc)}"
-
-
 @contextlib.contextmanager
 def _usage_errors(*, launching: bool = False) -> Iterator[None]:
     """Engine errors become UsageErrors: one line, or the readiness message with its tail.
@@ -102,11 +88,11 @@ def _usage_errors(*, launching: bool = False) -> Iterator[None]:
     except NotReadyError as exc:
         raise UsageError(str(exc).rstrip()) from None
     except ProcTrackError as exc:
-        raise UsageError(_one_line(exc)) from None
+        raise UsageError(first_line(exc)) from None
     except ValueError as exc:
         if not launching:
             raise
-        raise UsageError(_one_line(exc)) from None
+        raise UsageError(first_line(exc)) from None
 
 
 def parse_env(items: Sequence[str]) -> dict[str, str]:
@@ -137,7 +123,7 @@ def _readiness(args: argparse.Namespace) -> list[Any]:
         try:
             checks.append(HttpReady(args.wait_http))
         except ValueError as exc:
-            raise UsageError(f"--wait-http: {_one_line(exc)}") from None
+            raise UsageError(f"--wait-http: {first_line(exc)}") from None
     if args.wait_output:
         try:
             re.compile(args.wait_output)
@@ -162,7 +148,7 @@ def _checked_cwd(option_value: str) -> str:
     try:
         cwd = Path(option_value).expanduser()
     except RuntimeError as exc:  # "~nosuchuser/dir": the home directory cannot be found
-        raise UsageError(f"--cwd: {_one_line(exc)}: {option_value}") from None
+        raise UsageError(f"--cwd: {first_line(exc)}: {option_value}") from None
     if not cwd.is_dir():
         raise UsageError(f"--cwd: not a directory: {option_value}")
     return str(cwd)
@@ -206,6 +192,58 @@ def _split_leading_options(line: str, parser: argparse.ArgumentParser) -> tuple[
     if need_value:
         raise UsageError(f"option {options[-1]!r} needs a value")
     return options, line[pos:].strip()
+
+
+def _cell_args(line: str, cell: str | None) -> tuple[argparse.Namespace, str | None, str]:
+    """The options, the name (None: generate one) and the script of a %%tracked cell or
+    a %tracked line."""
+    parser = _parser("tracked")
+    if cell is None:
+        option_words, command = _split_leading_options(line, parser)
+        args = parser.parse_args(option_words)
+        if not command:
+            raise UsageError("%tracked needs a command after the options, e.g. "
+                             "%tracked -n web python -m http.server 8000")
+        return args, args.name, command
+    args = _parse("tracked", line)
+    if len(args.name_or_command) > 1:
+        raise UsageError(
+            f"%%tracked takes one NAME, got {' '.join(args.name_or_command)!r} "
+            "(the script goes in the cell body)"
+        )
+    positional = args.name_or_command[0] if args.name_or_command else None
+    if positional and args.name and positional != args.name:
+        raise UsageError("give the name once: either NAME or --name NAME")
+    if not cell.strip():
+        raise UsageError("%%tracked needs a shell script in the cell body")
+    return args, positional or args.name, cell
+
+
+def _launch_spec(
+    line: str, cell: str | None, *, free_name: Callable[[str], str]
+) -> tuple[LaunchSpec, bool]:
+    """The checked launch of a %%tracked cell, and whether --no-widget was given.
+    ``free_name`` turns the script's base name into the name of an unnamed launch."""
+    args, name, script = _cell_args(line, cell)
+    if name is not None and (not name.strip() or any(c.isspace() for c in name)):
+        raise UsageError(f"bad name {name!r}: use letters, digits, '.', '_' or '-'")
+    if name is not None and "=" in name:  # `--env A=1 B=2` (one KEY=VALUE per --env)
+        raise UsageError(f"bad name {name!r}: give one KEY=VALUE per --env")
+    env = parse_env(args.env)
+    _check_grace(args.grace)
+    _check_timeout(args.timeout)
+    checks = _readiness(args)
+    spec = LaunchSpec(
+        command=script,
+        name=name if name is not None else free_name(base_name(script)),
+        cwd=_checked_cwd(args.cwd) if args.cwd else None,
+        env=env or None,
+        grace=args.grace,
+        ready=checks,
+        ready_timeout=30.0 if args.timeout is None else args.timeout,
+        make_ready=functools.partial(_readiness, args),
+    )
+    return spec, bool(args.no_widget)
 
 
 # ----------------------------------------------------------------------------- magics
@@ -267,89 +305,17 @@ class ProcTrackMagics(Magics):
         Running a cell again while NAME is alive stops the old tree, then starts the new
         one. With a --wait-* option the cell blocks until the server is ready.
         """
-        parser = _parser("tracked")
-        if cell is None:
-            option_words, command = _split_leading_options(line, parser)
-            args = parser.parse_args(option_words)
-            if not command:
-                raise UsageError("%tracked needs a command after the options, e.g. "
-                                 "%tracked -n web python -m http.server 8000")
-            name = args.name
-            script: str = command
-        else:
-            args = _parse("tracked", line)
-            if len(args.name_or_command) > 1:
-                raise UsageError(
-                    f"%%tracked takes one NAME, got {' '.join(args.name_or_command)!r} "
-                    "(the script goes in the cell body)"
-                )
-            positional = args.name_or_command[0] if args.name_or_command else None
-            if positional and args.name and positional != args.name:
-                raise UsageError("give the name once: either NAME or --name NAME")
-            name = positional or args.name
-            if not cell.strip():
-                raise UsageError("%%tracked needs a shell script in the cell body")
-            script = cell
-        if name is not None and (not name.strip() or any(c.isspace() for c in name)):
-            raise UsageError(f"bad name {name!r}: use letters, digits, '.', '_' or '-'")
-        if name is not None and "=" in name:  # `--env A=1 B=2` (one KEY=VALUE per --env)
-            raise UsageError(f"bad name {name!r}: give one KEY=VALUE per --env")
-        env = parse_env(args.env)
-        _check_grace(args.grace)
-        _check_timeout(args.timeout)
-        checks = _readiness(args)
-        cwd = _checked_cwd(args.cwd) if args.cwd else None
-
         session = self.session
-        if name is None:
-            name = session.free_name(base_name(script))
-        spec = LaunchSpec(
-            command=script,
-            name=name,
-            cwd=cwd,
-            env=env or None,
-            grace=args.grace,
-            ready=checks,
-            ready_timeout=30.0 if args.timeout is None else args.timeout,
-            make_ready=functools.partial(_readiness, args),
-        )
-        use_widget = session.widgets_enabled and not args.no_widget
-        self._launch(spec, use_widget)
-
-    def _launch(self, spec: LaunchSpec, use_widget: bool) -> None:
-        session = self.session
-        if not use_widget:
-            if spec.ready:
-                print(f"{spec.name}: starting, waiting for {spec.describe_ready()}…", flush=True)
+        spec, no_widget = _launch_spec(line, cell, free_name=session.free_name)
+        if session.widgets_enabled and not no_widget:
             with _usage_errors(launching=True):
-                proc = session.launch(spec)
-            print(status_line(proc), flush=True)
+                session.launch_in_widget(spec)
             return
-
-        from IPython.display import display as _display
-
-        display: Callable[..., Any] = _display
-        widget = ProcessWidget(session, spec)
-        handle = display(widget.view, display_id=True)
-        session.add_widget(widget)
-        before = session.launched(spec.name)
-        try:
-            with _usage_errors(launching=True):
-                # the widget attaches as soon as the process exists: pid, live output and
-                # Stop while a --wait-* check still waits
-                session.launch(spec, on_launched=widget.attach)
-        except BaseException as exc:
-            # whatever went wrong, the widget must not stay at "starting…"
-            started = widget.proc or session.launched(spec.name)
-            if started is not None and started is not before and started.returncode is None:
-                widget.attach(started)  # e.g. an interrupted wait: the process runs on
-            else:
-                widget.fail(_failure_text(exc))
-            with contextlib.suppress(Exception):
-                handle.update(widget.view)
-            raise
-        with contextlib.suppress(Exception):
-            handle.update(widget.view)  # the saved text/plain becomes the status line
+        if spec.ready:
+            print(f"{spec.name}: starting, waiting for {spec.describe_ready()}…", flush=True)
+        with _usage_errors(launching=True):
+            proc = session.launch(spec)
+        print(status_line(proc), flush=True)
 
     # ------------------------------------------------------------------ %proctrack
 
@@ -365,8 +331,6 @@ class ProcTrackMagics(Magics):
         session = self.session
         if not session.has_tracker:
             return ProcessTable([], [], now=0.0)
-        import time
-
         procs = session.tracker.processes()
         stats = session.sample_trees(procs, prime=0.1)
         return ProcessTable(procs, stats, now=time.time())

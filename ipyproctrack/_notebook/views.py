@@ -1,46 +1,49 @@
-"""Text and HTML for the notebook front: the process table, cleanup reports, logs, tails.
+"""Text and HTML for the notebook front: status line, process table, cleanup reports, logs,
+badges and output tails.
 
-Also the whole-tree resource sampling (process count, CPU%, RSS, listening ports) that
-both ``%proctrack`` and the widgets show. Nothing here talks to IPython or ipywidgets.
+Every process state is worded by ``ProcessState.describe()`` and coloured by its
+:class:`Phase`. Nothing here talks to IPython, ipywidgets or psutil.
 """
 
 from __future__ import annotations
 
-import contextlib
 import html
-import threading
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import psutil
-
-from ipyproctrack._engine.ports import listening_ports as _engine_listening_ports
+from ipyproctrack._engine.state import Phase, ProcessState
+from ipyproctrack.errors import ProcTrackError
 
 if TYPE_CHECKING:
-    from ipyproctrack import CleanupReport, ProcessInfo, TrackedProcess
+    from ipyproctrack import CleanupReport, TrackedProcess
+
+    from .stats import TreeStats
 
 __all__ = [
     "CleanupView",
     "LogsView",
     "ProcessTable",
-    "TreeSampler",
-    "TreeStats",
+    "badge_html",
+    "failure_text",
+    "first_line",
     "format_bytes",
+    "format_clock",
     "format_duration",
-    "process_state",
-    "sample_trees",
+    "shorten_command",
     "status_line",
+    "tail_box_html",
     "tail_html",
+    "tail_text",
 ]
 
-#: Colour of stderr text in HTML tails.
+#: Colour of stderr text in HTML tails, and of errors.
 STDERR_COLOR = "#c62828"
 #: At most this many characters of a tail are rendered (the newest ones).
 MAX_TAIL_CHARS = 16_000
 #: Lines longer than this are shortened in the middle.
 MAX_LINE_CHARS = 2_000
+
+_GREEN, _AMBER, _GREY, _RED = "#2e7d32", "#f9a825", "#616161", STDERR_COLOR
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -84,26 +87,57 @@ def format_bytes(n: int | None) -> str:
     return f"{value:.1f} TiB"  # pragma: no cover - unreachable
 
 
-def process_state(proc: TrackedProcess) -> str:
-    """The state machine's one wording (``ProcessState.describe``)."""
-    return proc.state.describe()
+def shorten_command(text: str, limit: int) -> str:
+    """A script on one line: blank and comment lines dropped, whitespace collapsed, cut
+    at ``limit`` characters."""
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    text = " ".join(" ".join(lines).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message (its type name if it has none)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def failure_text(exc: BaseException) -> str:
+    """What a widget shows for a launch that failed with ``exc``: the engine's and the
+    user's errors (``ProcTrackError``, ``ValueError``) by their message, others typed."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted before it started"
+    if isinstance(exc, (ProcTrackError, ValueError)):
+        return first_line(exc)
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def status_line(proc: TrackedProcess, *, full: bool = True) -> str:
     """The plain one-line status printed when there is no widget frontend.
 
     ``full=False``: without log path and command (the widget's text form)."""
-    parts = [f"{proc.name}: pid {proc.pid} {process_state(proc)}"]
+    line = f"{proc.name}: pid {proc.pid} {proc.state.describe()}"
     if not full:
-        return "; ".join(parts)
-    parts.append(f"log {proc.log_path}")
-    return "; ".join(parts) + f"  ({_shorten(proc.command, 80)})"
+        return line
+    return f"{line}; log {proc.log_path}  ({shorten_command(proc.command, 80)})"
 
 
-def _shorten(text: str, limit: int) -> str:
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    text = " ".join(" ".join(lines).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+# ----------------------------------------------------------------------------- badges, tails
+
+
+def badge_color(state: ProcessState) -> str:
+    """Amber while starting, green while running, grey once ended well, red otherwise."""
+    if state.alive:
+        return _AMBER if state.phase is Phase.STARTING else _GREEN
+    return _GREY if state.ok else _RED
+
+
+def badge_html(state: ProcessState, *, text: str | None = None) -> str:
+    """A coloured badge of ``state``; ``text`` (default ``state.describe()``) is its label."""
+    label = state.describe() if text is None else text
+    return (
+        f'<span style="background:{badge_color(state)};color:white;border-radius:3px;'
+        f'padding:0 6px;font-size:90%">{html.escape(label)}</span>'
+    )
 
 
 def _clip_line(line: str) -> str:
@@ -147,156 +181,17 @@ def tail_text(chunks: Sequence[tuple[str, str]], *, max_chars: int = MAX_TAIL_CH
     return "".join(text for _, text in _clip_chunks(chunks, max_chars))
 
 
-# ----------------------------------------------------------------------------- sampling
-
-
-@dataclass(frozen=True)
-class TreeStats:
-    """Resource use of one tracked tree at one moment."""
-
-    count: int
-    cpu_percent: float | None
-    rss: int | None
-    ports: tuple[int, ...] | None  # None: unknown (the port scan failed)
-
-    def ports_text(self) -> str:
-        if self.ports is None:
-            return "?"
-        return ", ".join(str(p) for p in self.ports) or "-"
-
-    def cpu_text(self) -> str:
-        return "-" if self.cpu_percent is None else f"{self.cpu_percent:.0f}%"
-
-
-EMPTY_STATS = TreeStats(0, None, None, ())
-
-
-def listening_ports(pids: Sequence[int]) -> tuple[int, ...] | None:
-    """The TCP ports the given pids listen on; None when the scan failed."""
-    if not pids:
-        return ()
-    try:
-        return tuple(_engine_listening_ports(pids))
-    except Exception:  # a display must never fail because a port scan did
-        return None
-
-
-class TreeSampler:
-    """Samples trees; keeps ``psutil.Process`` objects so CPU% has an interval.
-
-    Thread-safe: the widget refresher and the ``%proctrack`` magic share one.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._known: dict[tuple[int, float], psutil.Process] = {}
-
-    def _process(self, pid: int, create_time: float) -> tuple[psutil.Process, bool]:
-        key = (pid, round(create_time, 2))
-        found = self._known.get(key)
-        if found is not None:
-            return found, False
-        proc = psutil.Process(pid)
-        if abs(proc.create_time() - create_time) > 0.05:
-            raise psutil.NoSuchProcess(pid)
-        self._known[key] = proc
-        return proc, True
-
-    def sample_many(
-        self, members: Sequence[Sequence[ProcessInfo]], *, prime: float = 0.0
-    ) -> list[TreeStats]:
-        """Stats per tree, given each tree's members (see :func:`sample_trees`).
-        ``prime``: seconds to wait for a first CPU reading of processes seen first now."""
-        trees = [[(m.pid, m.create_time) for m in row] for row in members]
-
-        with self._lock:
-            fresh: list[psutil.Process] = []
-            handles: list[list[psutil.Process]] = []
-            for members_ids in trees:
-                row: list[psutil.Process] = []
-                for pid, ctime in members_ids:
-                    try:
-                        handle, new = self._process(pid, ctime)
-                    except (psutil.Error, OSError):
-                        continue
-                    row.append(handle)
-                    if new:
-                        fresh.append(handle)
-                handles.append(row)
-            for handle in fresh:
-                with contextlib.suppress(psutil.Error, OSError):
-                    handle.cpu_percent(None)
-            if fresh and prime > 0:
-                time.sleep(prime)
-            fresh_ids = {id(h) for h in fresh}
-            result: list[TreeStats] = []
-            alive: set[tuple[int, float]] = set()
-            for row in handles:
-                cpu = 0.0
-                rss = 0
-                count = 0
-                cpu_known = False
-                pids: list[int] = []
-                for handle in row:
-                    try:
-                        with handle.oneshot():
-                            if handle.status() == psutil.STATUS_ZOMBIE:
-                                continue
-                            if id(handle) not in fresh_ids or prime > 0:
-                                cpu += handle.cpu_percent(None)
-                                cpu_known = True
-                            rss += handle.memory_info().rss
-                    except (psutil.Error, OSError):
-                        continue
-                    count += 1
-                    pids.append(handle.pid)
-                    alive.add((handle.pid, round(handle.create_time(), 2)))
-                result.append(
-                    TreeStats(
-                        count=count,
-                        cpu_percent=cpu if cpu_known or count == 0 else None,
-                        rss=rss if count else None,
-                        ports=listening_ports(pids) if count else (),
-                    )
-                )
-            # forget processes that left every tree we looked at
-            sampled = {key for row in trees for key in ((p, round(c, 2)) for p, c in row)}
-            for key in list(self._known):
-                if key in sampled and key not in alive:
-                    del self._known[key]
-            if len(self._known) > 20_000:
-                self._known.clear()
-            return result
-
-
-def _tree_or_empty(proc: TrackedProcess) -> list[ProcessInfo]:
-    try:
-        return proc.tree()
-    except Exception:
-        return []
-
-
-def sample_trees(
-    sampler: TreeSampler, procs: Sequence[TrackedProcess], *, prime: float = 0.0
-) -> list[TreeStats]:
-    """Stats of several tracked trees from ONE process scan per Tracker (``trees()``).
-
-    A process whose name now belongs to a newer launch (it was replaced) is looked up on
-    its own: rare, since a replaced tree has been torn down."""
-    scans: dict[int, dict[str, list[ProcessInfo]]] = {}
-    members: list[list[ProcessInfo]] = []
-    for proc in procs:
-        tracker = proc.tracker
-        if id(tracker) not in scans:
-            try:
-                scans[id(tracker)] = tracker.trees()
-            except Exception:
-                scans[id(tracker)] = {}
-        found = None
-        if proc.name in tracker and tracker.get(proc.name) is proc:
-            found = scans[id(tracker)].get(proc.name)
-        members.append(found if found is not None else _tree_or_empty(proc))
-    return sampler.sample_many(members, prime=prime)
+def tail_box_html(inner: str) -> str:
+    """A widget's scrolled output box around :func:`tail_html`'s ``inner``."""
+    if not inner:
+        inner = '<span style="opacity:0.5">(no output yet)</span>'
+    # column-reverse keeps the view scrolled to the newest line
+    return (
+        '<div style="max-height:18em;overflow-y:auto;display:flex;'
+        'flex-direction:column-reverse;border:1px solid rgba(128,128,128,0.3)">'
+        '<pre style="margin:0;padding:4px 6px;white-space:pre-wrap;word-break:break-all;'
+        f'font-size:85%">{inner}</pre></div>'
+    )
 
 
 # ----------------------------------------------------------------------------- views
@@ -307,23 +202,7 @@ _TABLE_STYLE = (
 _CELL_STYLE = "padding:2px 8px;text-align:left;border-bottom:1px solid #ddd"
 
 _COLUMNS = ("name", "pid", "state", "uptime", "procs", "CPU", "RSS", "ports", "log")
-
-
-def _badge_color(state: str) -> str:
-    if state.startswith("running"):
-        return "#2e7d32"
-    if state.startswith("starting") or state.startswith("restarting"):
-        return "#f9a825"
-    if state == "exited 0" or state == "stopped":
-        return "#616161"
-    return "#c62828"
-
-
-def badge_html(state: str) -> str:
-    return (
-        f'<span style="background:{_badge_color(state)};color:white;border-radius:3px;'
-        f'padding:0 6px;font-size:90%">{html.escape(state)}</span>'
-    )
+_STATE_COLUMN = _COLUMNS.index("state")
 
 
 class ProcessTable:
@@ -334,18 +213,18 @@ class ProcessTable:
     ) -> None:
         self.procs = list(procs)
         self.stats = list(stats)
+        self.states = [p.state for p in self.procs]  # one snapshot for both forms
         self.now = now
 
     def rows(self) -> list[tuple[str, ...]]:
         rows: list[tuple[str, ...]] = []
-        for proc, st in zip(self.procs, self.stats, strict=True):
-            state = process_state(proc)
+        for proc, state, st in zip(self.procs, self.states, self.stats, strict=True):
             running = proc.returncode is None or st.count > 0
             rows.append(
                 (
                     proc.name,
                     str(proc.pid),
-                    state,
+                    state.describe(),
                     format_duration(self.now - proc.started_at) if running else "-",
                     str(st.count),
                     st.cpu_text() if st.count else "-",
@@ -372,14 +251,12 @@ class ProcessTable:
             return "<p><i>no tracked processes</i></p>"
         head = "".join(f'<th style="{_CELL_STYLE}">{c}</th>' for c in _COLUMNS)
         body = []
-        for row in self.rows():
-            cells = []
-            for column, value in zip(_COLUMNS, row, strict=True):
-                content = badge_html(value) if column == "state" else html.escape(value)
-                if column == "log":
-                    content = f"<code>{content}</code>"
-                cells.append(f'<td style="{_CELL_STYLE}">{content}</td>')
-            body.append("<tr>" + "".join(cells) + "</tr>")
+        for state, row in zip(self.states, self.rows(), strict=True):
+            cells = [html.escape(value) for value in row]
+            cells[_STATE_COLUMN] = badge_html(state, text=row[_STATE_COLUMN])
+            cells[-1] = f"<code>{cells[-1]}</code>"  # the log path
+            body.append("<tr>" + "".join(f'<td style="{_CELL_STYLE}">{c}</td>' for c in cells)
+                        + "</tr>")
         return (
             f'<table style="{_TABLE_STYLE}"><thead><tr>{head}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table>"
@@ -403,7 +280,9 @@ class CleanupView:
             survivors = report.survivors()
             lines.append(
                 f"WARNING: {len(survivors)} process(es) survived: "
-                + ", ".join(f"pid {o.pid} ({_shorten(o.command, 40)})" for o in survivors[:10])
+                + ", ".join(
+                    f"pid {o.pid} ({shorten_command(o.command, 40)})" for o in survivors[:10]
+                )
             )
         return lines
 
@@ -451,12 +330,12 @@ class LogsView:
     def __init__(self, proc: TrackedProcess, lines: int) -> None:
         self.name = proc.name
         self.path = str(proc.log_path)
-        self.state = process_state(proc)
+        self.state = proc.state
         self.chunks = proc.tail_chunks(lines)
 
     def __repr__(self) -> str:
         text = tail_text(self.chunks, max_chars=1 << 20).rstrip("\n")
-        header = f"{self.name} ({self.state}); full log: {self.path}"
+        header = f"{self.name} ({self.state.describe()}); full log: {self.path}"
         return f"{header}\n{text}" if text else f"{header}\n(no output yet)"
 
     def _repr_html_(self) -> str:

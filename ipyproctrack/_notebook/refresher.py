@@ -1,0 +1,183 @@
+"""The one place where widgets are refreshed: ONE thread per session.
+
+Rules from design.md fact 8:
+- the thread wakes at ``refresh_hz`` (at most 5 Hz) while output flows, updates only what
+  changed, and a sliding one-second budget keeps the whole session under
+  :data:`MESSAGE_BUDGET` widget messages per second, whatever the processes write;
+- the resources of every shown tree come from ONE process scan per
+  :data:`STATS_INTERVAL` (``Tracker.trees()``), however many widgets there are;
+- one broken widget never freezes the others: its failure is logged once, with its
+  traceback, and the thread goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from .config import MAX_REFRESH_HZ
+from .stats import EMPTY_STATS, TreeStats
+from .widget import MessageBudget, ProcessWidget
+
+if TYPE_CHECKING:
+    from ipyproctrack import TrackedProcess
+
+__all__ = ["IDLE_TICK", "MESSAGE_BUDGET", "STATS_INTERVAL", "Refresher", "Sampler"]
+
+log = logging.getLogger(__name__)
+
+#: Widget messages the whole session may send in any one-second window (bound: 50).
+#: Below the bound on purpose: on a loaded machine iopub delivers in bursts, which packs
+#: more than one second of sends into one second of arrivals (measured: 49 arrived in one
+#: second with a budget of 40, 12 widgets and 36 MB of output drained on 2 cores; and 49
+#: with a budget of 35 and 16 flooders), hence 30.
+MESSAGE_BUDGET = 30
+#: Seconds between two resource samples (one process scan, psutil, ports) of the trees.
+STATS_INTERVAL = 2.0
+#: With nothing new to show, the refresher ticks this often, for the clocks and the stats.
+IDLE_TICK = 5.0
+
+#: Samples the trees of several processes at once: one stats entry per process.
+Sampler = Callable[[Sequence["TrackedProcess"]], list[TreeStats]]
+
+
+class _ReportOnce:
+    """Logs the first failure of each source with its traceback, later ones at debug:
+    a widget that fails on every tick must not flood the log."""
+
+    def __init__(self) -> None:
+        self._seen: set[int] = set()
+
+    def failed(self, source: object, what: str) -> None:
+        """Call from an ``except`` block: ``what`` failed because of ``source``."""
+        if id(source) in self._seen:
+            log.debug("%s failed again", what, exc_info=True)
+            return
+        self._seen.add(id(source))
+        log.exception("%s failed (reported once; the other widgets go on)", what)
+
+
+class Refresher:
+    """The single refresher thread of a session.
+
+    ``sample`` measures several trees at once (one process scan for all of them); it is
+    called at most once per :data:`STATS_INTERVAL`, for every widget that shows a tree.
+    """
+
+    def __init__(
+        self, hz: Callable[[], float], sample: Sampler, budget: int = MESSAGE_BUDGET
+    ) -> None:
+        self._hz = hz
+        self._sample = sample
+        self.budget = MessageBudget(budget)
+        self.output_sent = 0  # tail updates in the current tick: new output keeps the rate up
+        self.deferred = False  # the budget cut the current tick short: tick again soon
+        self.wake = threading.Event()  # set by the Tracker (on_change) and by widgets
+        self._widgets: list[ProcessWidget] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._report = _ReportOnce()
+
+    @property
+    def widgets(self) -> Sequence[ProcessWidget]:
+        with self._lock:
+            return list(self._widgets)
+
+    def add(self, widget: ProcessWidget) -> None:
+        self.wake.set()
+        with self._lock:
+            self._widgets.append(widget)
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(
+                    target=self._run, name="ipyproctrack-widgets", daemon=True
+                )
+                self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> bool:
+        """Stop the thread; True once it has ended (no tick of it can run any more)."""
+        self._stop.set()
+        self.wake.set()
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return thread is None
+        thread.join(timeout)
+        return not thread.is_alive()
+
+    def _run(self) -> None:
+        """Tick at refresh_hz (read every tick, so %config applies at once) while output
+        flows. When a tick sent no output, sleep until the Tracker reports a change (output,
+        an exit, readiness), a widget changes, or IDLE_TICK passes for the clocks: every
+        wake costs kernel CPU (a few ms on a VM), and an idle notebook should cost ~none."""
+        last_tick = 0.0
+        idle = False
+        while True:
+            period = 1.0 / max(0.1, min(self._hz(), MAX_REFRESH_HZ))
+            if self._stop.wait(max(0.0, last_tick + period - time.monotonic())):
+                return
+            if idle:
+                self.wake.wait(max(0.0, IDLE_TICK - period))
+                if self._stop.is_set():
+                    return
+            self.wake.clear()
+            last_tick = time.monotonic()
+            self.output_sent = 0
+            self.deferred = False
+            try:
+                self.tick()
+            except Exception:  # the thread must outlive any bug: the next tick may work
+                self._report.failed(self, "a widget refresh tick")
+            idle = not (self.output_sent or self.deferred)
+
+    def _sample_due(self, widgets: Sequence[ProcessWidget], now: float, force: bool) -> None:
+        """One scan for every shown tree, once any widget's sample is STATS_INTERVAL old:
+        so all widgets' samples stay in step and N widgets cost one scan, not N."""
+        targets = [(w, p) for w in widgets if (p := w.stats_target()) is not None]
+        if not targets:
+            return
+        if not force and all(w.stats_age(now) < STATS_INTERVAL for w, _ in targets):
+            return
+        exited = [p.returncode is not None for _, p in targets]
+        try:
+            stats = self._sample([p for _, p in targets])
+        except Exception:  # the widgets then show no numbers; their output still flows
+            self._report.failed(self._sample, "sampling the process trees")
+            stats = [EMPTY_STATS] * len(targets)
+        for (widget, proc), st, ended in zip(targets, stats, exited, strict=True):
+            widget.set_stats(proc, st, now, exited=ended)
+
+    def tick(self, *, force_stats: bool = False) -> int:
+        """Push the changed parts of every widget, oldest-refreshed first, within budget.
+        Returns how many parts it sent. Runs on the refresher thread only (or once that
+        thread has stopped): the budget and the widgets' sent state are not shared."""
+        now = time.monotonic()
+        with self._lock:  # a settled widget stays listed: its Restart button revives it
+            widgets = sorted((w for w in self._widgets if not w.settled),
+                             key=lambda w: w.last_sent)
+        self._sample_due(widgets, now, force_stats)
+        sent = 0
+        for widget in widgets:
+            try:  # one broken widget must not starve the others
+                parts = widget.pending(now)
+            except Exception:
+                self._report.failed(widget, f"rendering the widget of {widget.spec.name!r}")
+                widget.last_sent = time.monotonic()  # to the back of the queue
+                continue
+            for part, value in parts:
+                if not self.budget.try_take(time.monotonic()):
+                    self.deferred = True
+                    return sent  # a widget cut short keeps its place at the front
+                try:
+                    widget.apply(part, value)
+                except Exception:
+                    self._report.failed(widget, f"sending the widget of {widget.spec.name!r}")
+                    continue
+                sent += 1
+                if part == "tail":
+                    self.output_sent += 1
+            if parts:
+                widget.last_sent = time.monotonic()
+        return sent

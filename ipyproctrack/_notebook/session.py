@@ -1,0 +1,244 @@
+"""The extension's session for one shell: config, the Tracker, launching, and its endings.
+
+Every ending (``%unload_ext``, or a kernel end reported by :mod:`.hooks`) tears every
+tracked tree down. A kernel-ending teardown finishes within about 2 s, uses a grace of at
+most :data:`KERNEL_END_GRACE`, never raises, and writes what it did (which trigger, how
+long, the report) to :data:`KERNEL_END_RECORD` in the log directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ipyproctrack._engine.naming import free_name
+
+from .config import ProcTrackConfig
+from .hooks import KERNEL_END_BUDGET, KernelEndHooks
+from .refresher import Refresher
+from .spec import LaunchSpec
+from .stats import TreeSampler, TreeStats, sample_trees
+from .views import failure_text
+from .widget import ProcessWidget, has_widget_frontend
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from ipyproctrack import CleanupReport, TrackedProcess, Tracker
+
+__all__ = ["INLINE_GRACE", "KERNEL_END_GRACE", "KERNEL_END_RECORD", "NotebookSession"]
+
+log = logging.getLogger(__name__)
+
+#: Grace used when the kernel ends (shutdown, restart, SIGTERM, exit): at most this.
+KERNEL_END_GRACE = 0.8
+#: Grace when no helper thread can bound the teardown (interpreter shutdown): it runs
+#: inline, so it must be short by itself (grace + about 1 s of sweeping and reaping).
+INLINE_GRACE = 0.3
+#: File in the Tracker's log directory that says how the kernel-end teardown went.
+KERNEL_END_RECORD = "ipyproctrack-kernel-end.txt"
+
+
+class NotebookSession:
+    """Everything ``%load_ext ipyproctrack`` sets up for one shell."""
+
+    def __init__(self, shell: InteractiveShell, config: ProcTrackConfig) -> None:
+        self.shell = shell
+        self._config = config
+        self._lock = threading.RLock()
+        self._tracker: Tracker | None = None
+        self._sampler = TreeSampler()
+        self.widgets_enabled = has_widget_frontend(shell)  # decided once, here
+        self.refresher = Refresher(lambda: float(self._config.refresh_hz), self.sample_trees)
+        #: the launch of each name, for the Restart button and the grace of a replace
+        self.specs: dict[str, LaunchSpec] = {}
+        self.hooks = KernelEndHooks(self.kernel_end_teardown)
+        self.closed = False
+
+    @property
+    def config(self) -> ProcTrackConfig:
+        return self._config
+
+    # ------------------------------------------------------------------ the tracker
+
+    @property
+    def has_tracker(self) -> bool:
+        return self._tracker is not None
+
+    @property
+    def tracker(self) -> Tracker:
+        """The session's Tracker, created on first use with the configured defaults."""
+        with self._lock:
+            if self.closed:
+                from ipyproctrack.errors import TrackerClosedError
+
+                raise TrackerClosedError("the ipyproctrack extension was unloaded")
+            if self._tracker is None:
+                from ipyproctrack._engine.tracker import Tracker
+
+                cfg = self._config
+                self._tracker = Tracker(
+                    log_dir=cfg.log_dir or None,
+                    grace=cfg.grace,
+                    log_max_bytes=cfg.log_max_bytes,
+                    log_backups=cfg.log_backups,
+                    on_change=self.refresher.wake.set,
+                )
+            return self._tracker
+
+    def grace(self, override: float | None = None) -> float:
+        return float(self._config.grace if override is None else override)
+
+    def sample_trees(self, procs: Sequence[TrackedProcess], prime: float = 0.0
+                     ) -> list[TreeStats]:
+        """Count, CPU%, RSS and ports of several trees, from one process scan."""
+        return sample_trees(self._sampler, procs, prime=prime)
+
+    # ------------------------------------------------------------------ launching
+
+    def free_name(self, base: str) -> str:
+        """The engine's rule (``base-1``, ``base-2``...), applied before the launch so the
+        widget can show its name while the process starts."""
+        return free_name(base, self._tracker if self._tracker is not None else ())
+
+    def launch(
+        self, spec: LaunchSpec, *, on_launched: Callable[[TrackedProcess], None] | None = None
+    ) -> TrackedProcess:
+        """Start ``spec``. A live tree of that name is replaced: the engine stops it with
+        the grace it was started with. ``on_launched`` sees the process before any
+        readiness wait."""
+        old = self.specs.get(spec.name)
+
+        def launched(proc: TrackedProcess) -> None:
+            self.specs[spec.name] = spec
+            if on_launched is not None:
+                on_launched(proc)
+
+        return self.tracker.start(
+            spec.command,
+            name=spec.name,
+            cwd=spec.cwd,
+            env=spec.env,
+            replace=True,
+            replace_grace=self.grace(old.grace if old is not None else None),
+            ready=list(spec.ready) or None,
+            ready_timeout=spec.ready_timeout,
+            on_launched=launched,
+        )
+
+    def launch_in_widget(self, spec: LaunchSpec) -> TrackedProcess:
+        """Show a widget, then start ``spec`` in it: the widget attaches as soon as the
+        process exists (pid, live output and Stop while a readiness check still waits).
+        Whatever goes wrong, the widget never stays at "starting…"; the error is re-raised.
+        """
+        from IPython.display import display as _display
+
+        display: Callable[..., Any] = _display
+        widget = ProcessWidget(self, spec)
+        handle = display(widget.view, display_id=True)
+        self.add_widget(widget)
+        before = self.launched(spec.name)
+        try:
+            proc = self.launch(spec, on_launched=widget.attach)
+        except BaseException as exc:
+            started = widget.proc or self.launched(spec.name)
+            if started is not None and started is not before and started.returncode is None:
+                widget.attach(started)  # e.g. an interrupted wait: the process runs on
+            else:
+                widget.fail(failure_text(exc))
+            _update_display(handle, widget)
+            raise
+        _update_display(handle, widget)  # the saved text/plain becomes the status line
+        return proc
+
+    def launched(self, name: str) -> TrackedProcess | None:
+        """The newest launch called ``name`` (None if nothing by that name exists)."""
+        tracker = self._tracker
+        if tracker is None or name not in tracker:
+            return None
+        return tracker.get(name)
+
+    def relaunch(
+        self, spec: LaunchSpec, *, on_launched: Callable[[TrackedProcess], None] | None = None
+    ) -> TrackedProcess:
+        """The Restart button: the same command, with fresh readiness checks."""
+        return self.launch(spec.for_restart(), on_launched=on_launched)
+
+    def wake(self) -> None:
+        self.refresher.wake.set()
+
+    def stop_process(self, proc: TrackedProcess, grace: float | None) -> None:
+        proc.stop(grace=self.grace(grace))
+
+    def add_widget(self, widget: ProcessWidget) -> None:
+        self.refresher.add(widget)
+
+    # ------------------------------------------------------------------ endings
+
+    def close(self, *, grace: float | None = None) -> CleanupReport | None:
+        """``%unload_ext``: tear everything down, show the final state, stop the thread.
+        None if it was closed already (also by a kernel-end teardown, whose work this
+        completes: that one may have left the drain loop running)."""
+        with self._lock:
+            was_closed, self.closed = self.closed, True
+            tracker = self._tracker
+        self.hooks.uninstall()
+        # The refresher thread ends first: the final tick below must be the only one.
+        stopped = self.refresher.stop()
+        report = tracker.close(grace=self.grace(grace)) if tracker is not None else None
+        if stopped:
+            try:
+                self.refresher.tick(force_stats=True)  # "stopped" and the last lines
+            except Exception:  # the teardown is done; a stale widget must not undo that
+                log.exception("the final widget refresh failed")
+        return None if was_closed else report
+
+    def kernel_end_teardown(self, trigger: str = "kernel end", inline: bool = False) -> None:
+        """The kernel is ending: tear down fast (within about 2 s), never raise.
+
+        ``inline``: no helper thread bounds this call, so use a short grace and skip
+        stopping the drain loop (the process is about to end anyway)."""
+        started = time.monotonic()
+        with self._lock:
+            self.closed = True
+            tracker = self._tracker
+        self.refresher.stop(timeout=0.2)
+        if tracker is None:
+            return
+        report: CleanupReport | None = None
+        if inline:
+            grace = min(self.grace(), INLINE_GRACE)
+        else:
+            budget = KERNEL_END_BUDGET - (time.monotonic() - started)
+            grace = max(0.0, min(self.grace(), KERNEL_END_GRACE, budget - 1.0))
+        try:
+            report = tracker.cleanup(grace=grace) if inline else tracker.close(grace=grace)
+        except Exception:  # the engine's teardown reports; this is a bug, and the end goes on
+            log.exception("the kernel-end teardown (%s) failed", trigger)
+        took = time.monotonic() - started
+        try:
+            _write_record(tracker, trigger, inline, grace, took, report)
+        except OSError as exc:
+            log.warning("cannot write the kernel-end record: %s", exc)
+
+
+def _update_display(handle: Any, widget: ProcessWidget) -> None:
+    try:
+        handle.update(widget.view)
+    except Exception:  # the frontend may be gone; the widget itself is fine
+        log.warning("cannot update the display of %r", widget.spec.name, exc_info=True)
+
+
+def _write_record(
+    tracker: Tracker, trigger: str, inline: bool, grace: float, took: float,
+    report: CleanupReport | None,
+) -> None:
+    """Say in the log directory how the kernel-end teardown went (a post-mortem)."""
+    head = (f"kernel end by {trigger}{' (inline)' if inline else ''}: teardown took "
+            f"{took:.2f} s, grace {grace:g} s, pid {os.getpid()}")
+    lines = [head, *(report.summary_lines() if report is not None else ["(no report)"])]
+    (tracker.log_dir / KERNEL_END_RECORD).write_text("\n".join(lines) + "\n")

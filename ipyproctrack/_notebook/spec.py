@@ -1,0 +1,35 @@
+"""What a ``%%tracked`` cell launches: kept for the Restart button and for re-runs."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["LaunchSpec"]
+
+
+@dataclass
+class LaunchSpec:
+    """Everything needed to start (and restart) one tracked command."""
+
+    command: str | list[str]
+    name: str
+    cwd: str | None = None
+    env: dict[str, str] | None = None
+    grace: float | None = None
+    ready: list[Any] = field(default_factory=list)
+    ready_timeout: float = 30.0
+    #: builds fresh readiness checks for a restart (checks keep per-launch state)
+    make_ready: Callable[[], list[Any]] | None = None
+
+    def describe_ready(self) -> str:
+        return ", ".join(
+            r.describe() if callable(getattr(r, "describe", None)) else str(r) for r in self.ready
+        )
+
+    def for_restart(self) -> LaunchSpec:
+        """The same launch with fresh readiness checks."""
+        ready = self.make_ready() if self.make_ready is not None else list(self.ready)
+        return dataclasses.replace(self, ready=ready)
