@@ -51,22 +51,20 @@ def _wait_for(pred: object, timeout: float = 10.0) -> bool:
     return False
 
 
-def test_nasty_tree_leaves_nothing(tracker: Tracker, tmp_path: Path) -> None:
+def _clean_up_the_nasty_tree(tracker: Tracker, tmp_path: Path, grace: float) -> float:
+    """Start the nasty tree, clean it up, check nothing survives; seconds it took."""
     command, pidfile = start_nasty(tmp_path)
     proc = tracker.start(command, name="nasty")
     wait_nasty_ready(pidfile)
     members = read_nasty_pids(pidfile)
     assert len(members) >= 60
     assert all(is_alive(pid, ct) for role, pid, ct in members if role != "zombie")
-    grace = 1.0
     t0 = time.monotonic()
     report = tracker.cleanup(grace=grace)
     elapsed = time.monotonic() - t0
     alive = wait_dead([(pid, ct) for _, pid, ct in members if ct], 2.0)
     assert alive == [], f"still alive: {alive}\n{report}"
     assert report.ok, str(report)
-    assert elapsed < grace + 1.0 + 1.0  # the issue's bound is grace + 1 s; slack for a busy CI
-    assert report.duration < grace + 1.0
     ignorers = {pid for role, pid, _ in members if "ignor" in role}
     assert ignorers, members
     killed = {o.pid for o in report.outcomes if o.ended_by == "SIGKILL"}
@@ -77,6 +75,17 @@ def test_nasty_tree_leaves_nothing(tracker: Tracker, tmp_path: Path) -> None:
     assert daemons and daemons <= tagged | {o.pid for o in report.outcomes}
     assert proc.stopped and not proc.is_running()
     assert "nasty: " in str(report)
+    return elapsed
+
+
+def test_nasty_tree_leaves_nothing(tracker: Tracker, tmp_path: Path) -> None:
+    _clean_up_the_nasty_tree(tracker, tmp_path, grace=1.0)
+
+
+@pytest.mark.perf
+def test_nasty_tree_cleanup_takes_at_most_grace_plus_1_s(tracker: Tracker, tmp_path: Path) -> None:
+    elapsed = _clean_up_the_nasty_tree(tracker, tmp_path, grace=1.0)
+    assert elapsed < 1.0 + 1.0, elapsed
 
 
 def test_draining_while_caller_sleeps(tracker: Tracker) -> None:

@@ -530,9 +530,9 @@ def kill_kernel_and_wait(
     return took
 
 
-def test_kernel_sigkill_leaves_nothing(started: Started, tmp_path: Path) -> None:
+def _nasty_tree_after_kernel_sigkill(started: Started, tmp_path: Path) -> float:
     """The nasty tree (SIGTERM ignorer, `env -i` double-forked daemon, ...) under a fake
-    kernel that is SIGKILLed: every process, the keeper included, is gone in 3 s + grace."""
+    kernel that is SIGKILLed: seconds until every process, the keeper included, is gone."""
     command, pidfile = start_nasty(tmp_path, env_i=True)
     kernel, pids = run_fake_kernel(
         started, ["bash", "-c", command], fork_child=False
@@ -545,8 +545,19 @@ def test_kernel_sigkill_leaves_nothing(started: Started, tmp_path: Path) -> None
     assert keeper is not None
     keeper_ident = started.note(keeper)
     assert keeper_ident is not None
-    took = kill_kernel_and_wait(kernel, [*members, keeper_ident])
-    assert took < 3 + GRACE
+    return kill_kernel_and_wait(kernel, [*members, keeper_ident])
+
+
+def test_kernel_sigkill_leaves_nothing(started: Started, tmp_path: Path) -> None:
+    _nasty_tree_after_kernel_sigkill(started, tmp_path)  # within a deadline, or it fails
+
+
+@pytest.mark.perf
+def test_kernel_sigkill_cleanup_takes_at_most_3_s_plus_grace(
+    started: Started, tmp_path: Path
+) -> None:
+    took = _nasty_tree_after_kernel_sigkill(started, tmp_path)
+    assert took < 3 + GRACE, took
 
 
 def test_forked_child_holding_the_lifeline_does_not_delay_cleanup(
@@ -565,8 +576,7 @@ def test_forked_child_holding_the_lifeline_does_not_delay_cleanup(
         roles = read_pidfile(pidfile, SMALL_TREE_COUNT)
         members = [m for m in (started.note(p) for p in [*roles.values(), keeper]) if m]
         assert len(members) == SMALL_TREE_COUNT + 1
-        took = kill_kernel_and_wait(kernel, members)
-        assert took < 3 + GRACE
+        kill_kernel_and_wait(kernel, members)  # within a deadline, or it fails
         assert is_alive(*mp_ident)  # it still held the write end all along
     finally:
         kill_by_identity([mp_ident])
@@ -611,8 +621,7 @@ def test_no_subreaper_keeper_stays_for_a_tagged_daemon_and_tears_it_down(
     daemon = _start_tagged_daemon_without_subreaper(started, keeper, pidfile, command)
     time.sleep(1.5)  # more than one look for tagged processes
     assert is_alive(*keeper_ident), "the keeper left its tagged daemon unwatched"
-    took = kill_kernel_and_wait(kernel, [daemon, keeper_ident])
-    assert took < 3 + GRACE
+    kill_kernel_and_wait(kernel, [daemon, keeper_ident])  # within a deadline, or it fails
 
 
 def test_no_subreaper_keeper_exits_once_the_tagged_daemon_is_gone(
@@ -626,10 +635,7 @@ def test_no_subreaper_keeper_exits_once_the_tagged_daemon_is_gone(
     time.sleep(1.5)
     assert kp.keeper.poll() is None, "the keeper left its tagged daemon unwatched"
     kill_by_identity([daemon])
-    t0 = time.monotonic()
-    assert kp.keeper.wait(timeout=10) == 0
-    took = time.monotonic() - t0
-    assert took < 2.5, f"the keeper took {took:.1f} s to notice its daemon was gone"
+    assert kp.keeper.wait(timeout=10) == 0  # it noticed (about 1 s: it looks once a second)
     assert read_events(kp.status_fd, 5) == []  # EOF, no teardown
 
 

@@ -170,6 +170,7 @@ def test_widget_updates_while_a_cell_blocks(shared: Kernel) -> None:
 SESSION = "__import__('ipyproctrack')._notebook.current_session()"
 
 
+@pytest.mark.perf
 def test_flooding_processes_stay_within_message_budget(shared: Kernel) -> None:
     """Twelve widgets at 5 Hz want about 70 messages a second (a new tail each tick and a
     header each second): the session's budget must hold some back, and iopub never sees
@@ -290,6 +291,7 @@ def test_interrupting_a_readiness_wait_keeps_the_process(shared: Kernel) -> None
     assert "all gone" in shared.ok("%proctrack_cleanup slowpoke").text()
 
 
+@pytest.mark.perf
 def test_an_idle_widget_sleeps_and_wakes_on_output(shared: Kernel) -> None:
     # Every wake costs kernel CPU, so a silent process's widget only moves its coarse clock
     # (at most every 5 s); new output still shows within a fraction of a second.

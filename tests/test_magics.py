@@ -482,6 +482,7 @@ def test_widget_settles_only_once_the_output_is_drained(ip: InteractiveShell) ->
     assert widget.pending(time.monotonic()) == [] and widget.settled
 
 
+@pytest.mark.perf
 def test_refresher_budget_with_many_widgets(ip: InteractiveShell) -> None:
     """16 chatty widgets at 5 Hz want ~96 messages/s; the session sends at most its budget."""
     session = nb.current_session()
@@ -682,6 +683,7 @@ def test_unload_shows_the_final_state_after_the_refresher_stopped(
     ip.run_line_magic("load_ext", "ipyproctrack")  # for the fixture's unload
 
 
+@pytest.mark.perf
 def test_kernel_end_teardown_is_bounded_without_threads(
     ip: InteractiveShell, monkeypatch: pytest.MonkeyPatch
 ) -> None:

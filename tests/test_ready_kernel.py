@@ -298,6 +298,7 @@ def test_taken_port_names_our_own_tracked_holder(shared: Kernel) -> None:
 # ----------------------------------------------------------------------------- 6. no busy wait
 
 
+@pytest.mark.perf
 def test_waiting_costs_next_to_no_cpu(shared: Kernel) -> None:
     port = free_port()
     kernel = psutil.Process(shared.pid)
