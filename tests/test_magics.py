@@ -45,7 +45,7 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture
 def ip() -> Iterator[InteractiveShell]:
     shell = InteractiveShell.instance()
-    nb._configs.pop(id(shell), None)  # a fresh ProcTrackConfig for every test
+    nb._saved_settings.pop(shell, None)  # a fresh ProcTrackConfig for every test
     shell.run_line_magic("load_ext", "ipyproctrack")
     shell.run_line_magic("config", "ProcTrackConfig.grace = 0.5")
     try:
@@ -316,7 +316,7 @@ def test_config_magic_and_limits(ip: InteractiveShell) -> None:
 
 def test_config_survives_reload_and_reads_shell_config(tmp_path: Path) -> None:
     shell = InteractiveShell.instance()
-    nb._configs.pop(id(shell), None)
+    nb._saved_settings.pop(shell, None)
     shell.config.ProcTrackConfig.log_dir = str(tmp_path / "logs")
     try:
         shell.run_line_magic("load_ext", "ipyproctrack")

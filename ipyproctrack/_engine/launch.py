@@ -136,9 +136,12 @@ def spawn_root(
     session: str,
     lifeline: Callable[[], int],
     keeper_grace: float,
+    name: str = "",
+    record: str = "",
 ) -> Root:
     """Start ``argv`` in a new session (and group) with its output on two new pipes.
-    ``lifeline()`` gives the read end the keeper watches. Raises LaunchError."""
+    ``lifeline()`` gives the read end the keeper watches; ``record`` is where it reports
+    a teardown of ``name`` when the kernel is gone. Raises LaunchError."""
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     kept = None
@@ -150,6 +153,7 @@ def spawn_root(
                 argv, cwd=str(cwd), env=env, stdout=out_w, stderr=err_w,
                 lifeline_fd=lifeline(), grace=keeper_grace,
                 subreaper=plat.HAS_SUBREAPER, tag=tag, session=session,
+                name=name, record=record,
             )
             popen = kept.keeper
         else:

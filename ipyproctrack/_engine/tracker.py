@@ -51,6 +51,11 @@ __all__ = ["TrackedProcess", "Tracker"]
 
 log = logging.getLogger(__name__)
 
+#: The file in a Tracker's log directory that says how the kernel-end teardown went: written
+#: by the notebook's kernel-end hooks, or appended to by each keeper that tore its tree down
+#: because the kernel died without running any Python (SIGTERM, SIGKILL, OOM).
+KERNEL_END_RECORD = "ipyproctrack-kernel-end.txt"
+
 _live_trackers: weakref.WeakSet[Tracker] = weakref.WeakSet()
 
 
@@ -123,6 +128,11 @@ class Tracker(AbstractContextManager["Tracker"]):
         # Windows Job Objects of every launch, replaced ones too: closed by close().
         self._containers: list[plat.Containment] = []
         _live_trackers.add(self)
+
+    @property
+    def kernel_end_record(self) -> Path:
+        """Where the account of a kernel-end teardown goes (see ``KERNEL_END_RECORD``)."""
+        return self.log_dir / KERNEL_END_RECORD
 
     def __repr__(self) -> str:
         return f"<Tracker {self.session_tag} {len(self._procs)} process(es)>"
@@ -257,7 +267,8 @@ class Tracker(AbstractContextManager["Tracker"]):
         tag = f"{self.session_tag}.{next(self._counter)}"
         env[plat.TAG_PROCESS] = tag
         root = spawn_root(argv, cwd=cwd, env=env, tag=tag, session=self.session_tag,
-                          lifeline=self._lifeline_read, keeper_grace=min(self.grace, 1.5))
+                          lifeline=self._lifeline_read, keeper_grace=min(self.grace, 1.5),
+                          name=name, record=str(self.kernel_end_record))
         sink = OutputSink(
             RotatingLog(self.log_dir / f"{file_stem(name)}.log",
                         max_bytes=self.log_max_bytes, backups=self.log_backups),

@@ -137,6 +137,8 @@ def spawn_kept(
     subreaper: bool,
     tag: str,
     session: str,
+    name: str = "",
+    record: str = "",
     start_timeout: float = 10.0,
 ) -> KeptProcess:
     """Start ``argv`` under a new keeper; block until the command has started.
@@ -144,6 +146,8 @@ def spawn_kept(
     ``stdout``/``stderr`` are file descriptors (or ``subprocess.PIPE``) the command writes
     to, through the keeper. ``env`` is the command's complete, tagged environment. Raises
     ``LaunchError`` when the command cannot start (the keeper is reaped first).
+    ``record``: the file the keeper appends its report to if it tears down because the
+    kernel is gone (the kernel-end record; ``name`` labels it).
     """
     args = [os.fspath(a) for a in argv]
     if not args or not args[0]:
@@ -159,6 +163,8 @@ def spawn_kept(
         "subreaper": subreaper,
         "tag": tag,
         "session": session,
+        "name": name,
+        "record": record,
     }
     try:
         keeper = subprocess.Popen(

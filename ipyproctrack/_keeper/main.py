@@ -121,6 +121,8 @@ class Keeper:
         self.subreaper = bool(config.get("subreaper", False))
         self.tag = str(config.get("tag", ""))
         self.session = str(config.get("session", ""))
+        self.name = str(config.get("name", "")) or self.tag or "keeper"
+        self.record = str(config.get("record", ""))
         self.main_pid = 0
         self.main_rc: int | None = None
         self.pidfd: int | None = None
@@ -357,17 +359,39 @@ class Keeper:
         me = os.getpid()
         rec = get_record(me)
         target = Target(
-            name=self.tag or "keeper",
+            name=self.name,
             root=ProcId(me, rec.create_time if rec else 0.0),  # ourselves: excluded, walked
             tag=self.tag,
             group=None,  # never killpg: the keeper is in its own group
             reap=self.reap_main,
         )
-        run_teardown([target], grace=self.grace, exclude_pids=(me, self.kernel_pid))
+        report = run_teardown([target], grace=self.grace, exclude_pids=(me, self.kernel_pid))
         deadline = time.monotonic() + 1.0
         while self.reap() and time.monotonic() < deadline:
             time.sleep(0.02)
-        self.emit({"event": "teardown_done", "seconds": round(time.monotonic() - t0, 3)})
+        seconds = round(time.monotonic() - t0, 3)
+        self.emit({"event": "teardown_done", "seconds": seconds})
+        self.write_record(
+            [f"kernel gone ({self.gone_reason or 'keeper error'}): the keeper of {self.name} "
+             f"(pid {me}) tore its tree down in {seconds:.2f} s, grace {self.grace:g} s",
+             *("  " + line for line in report.summary_lines()),
+             *("  " + line for line in report.messages)]
+        )
+
+    def write_record(self, lines: list[str]) -> None:
+        """Append to the kernel-end record: the kernel ran no Python when it died (SIGTERM,
+        SIGKILL, OOM), so this is the only account of the teardown. Never follows a link."""
+        if not self.record:
+            return
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.record, flags, 0o600)
+            try:
+                os.write(fd, ("\n".join(lines) + "\n").encode("utf-8", "replace"))
+            finally:
+                os.close(fd)
+        except OSError as exc:  # the log directory may be gone: say so where we still can
+            self.emit({"event": "keeper_error", "message": f"kernel-end record: {exc}"})
 
 
 def main(argv: list[str] | None = None) -> int:

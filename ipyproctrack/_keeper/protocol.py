@@ -6,7 +6,8 @@ tab and newline), decoded against a schema of field types. Not JSON: importing `
 
 Config (one argument): argv (repeated, in order), lifeline_fd, status_fd, kernel_pid,
 kernel_start (its start in seconds since boot; 0.0 unknown: no identity check), grace,
-subreaper, tag, session.
+subreaper, tag, session, name (the tracked name, for reports), record (a file the keeper
+appends its teardown report to when the kernel is gone; empty: none).
 
 Status events, one record per line on ``status_fd``:
     event=started pid=<command pid> start_time=<s since boot, 0.0 unknown> subreaper=<bool>
@@ -40,6 +41,8 @@ CONFIG_FIELDS: dict[str, type] = {
     "subreaper": bool,
     "tag": str,
     "session": str,
+    "name": str,
+    "record": str,
 }
 EVENT_FIELDS: dict[str, type] = {
     "event": str,

@@ -9,6 +9,7 @@ calls :func:`unload`. Cells reach the engine through :func:`current_tracker` and
 from __future__ import annotations
 
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from .config import ProcTrackConfig
@@ -29,21 +30,39 @@ __all__ = [
 ]
 
 _lock = threading.Lock()
-# One session per shell (normally one shell per process); configs outlive reloads so that
-# `%config ProcTrackConfig.x = ...` survives `%reload_ext`.
+# One session per loaded shell (normally one shell per process), dropped by unload: nothing
+# here keeps a shell alive after its unload.
 _sessions: dict[int, NotebookSession] = {}
-_configs: dict[int, ProcTrackConfig] = {}
+# What `%config ProcTrackConfig.x = ...` set, kept across `%reload_ext` as plain values
+# (a ProcTrackConfig would hold its shell as parent), for as long as the shell lives.
+_saved_settings: weakref.WeakKeyDictionary[InteractiveShell, dict[str, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+_MAGIC_NAMES = (
+    ("line", ("tracked", "proctrack", "proctrack_cleanup", "proctrack_logs")),
+    ("cell", ("tracked",)),
+)
 
 
 def _config_for(ip: InteractiveShell) -> ProcTrackConfig:
-    config = _configs.get(id(ip))
-    if config is None or config.parent is not ip:
-        config = ProcTrackConfig(parent=ip)
-        _configs[id(ip)] = config
+    config = ProcTrackConfig(parent=ip)
+    for name, value in _saved_settings.pop(ip, {}).items():
+        setattr(config, name, value)
     configurables: list[Any] = ip.configurables
-    if config not in configurables:
-        configurables.append(config)
+    configurables.append(config)
     return config
+
+
+def _forget_config(ip: InteractiveShell, config: ProcTrackConfig) -> None:
+    configurables: list[Any] = ip.configurables
+    while config in configurables:
+        configurables.remove(config)
+    defaults = ProcTrackConfig()
+    _saved_settings[ip] = {
+        name: value
+        for name, value in config.trait_values(config=True).items()
+        if value != getattr(defaults, name)
+    }
 
 
 def load(ip: InteractiveShell) -> None:
@@ -66,17 +85,15 @@ def unload(ip: InteractiveShell) -> None:
     if session is None:
         return
     report = session.close()
-    magics = ip.magics_manager.magics
-    for kind, names in (
-        ("line", ("tracked", "proctrack", "proctrack_cleanup", "proctrack_logs")),
-        ("cell", ("tracked",)),
-    ):
+    manager = ip.magics_manager
+    for kind, names in _MAGIC_NAMES:
         for name in names:
-            magics[kind].pop(name, None)
-    config = _configs.get(id(ip))
-    configurables: list[Any] = ip.configurables
-    if config is not None and config in configurables:
-        configurables.remove(config)
+            manager.magics[kind].pop(name, None)
+    magics_object = manager.registry.pop("ProcTrackMagics", None)  # it holds the session
+    configurables: list[Any] = ip.configurables  # IPython's Magics.__init__ put it there
+    while magics_object is not None and magics_object in configurables:
+        configurables.remove(magics_object)
+    _forget_config(ip, session.config)
     if report is not None and report.outcomes:
         from .views import CleanupView
 

@@ -1,12 +1,14 @@
 """The kernel-ending triggers: whatever way the kernel ends, the session tears down.
 
-design.md fact 3: IPython 9 has no shutdown hook. The measured triggers are
+IPython 9 has no shutdown hook (docs/design.md, fact 3). The triggers are:
 - ``shutdown_kernel()`` / ``restart_kernel()``: ipykernel runs ``kernel.do_shutdown`` on its
   Control thread; we wrap it (keeping its signature, sync or async);
-- a bare SIGTERM: nothing runs unless we install a handler, so we install one that tears
-  down, restores the previous handler and re-raises the signal;
-- ``atexit`` as the last resort (it runs only if the exit finishes in time).
-SIGKILL / OOM / the server dying are the engine's watchdog's job, not ours.
+- ``atexit`` as the last resort (it runs only if the exit finishes in time): ONE hook for
+  the whole process, however often the extension is loaded;
+- SIGTERM, SIGKILL, an OOM kill, the server dying: no Python of ours runs. We install no
+  SIGTERM handler on purpose: a Python handler runs only between bytecodes, so during a
+  long C call it would defer the kernel's death (fact 4). Each launch's keeper sees the
+  kernel die, tears its tree down and appends its report to the kernel-end record.
 
 Each trigger runs the teardown once, bounded by :data:`KERNEL_END_BUDGET` (jupyter_client
 sends SIGTERM at 2.5 s), and never raises.
@@ -19,10 +21,9 @@ import functools
 import inspect
 import logging
 import os
-import signal
 import threading
+import weakref
 from collections.abc import Callable
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 #: A kernel-ending teardown gives up waiting after this many seconds.
 KERNEL_END_BUDGET = 2.0
 
-_SignalHandler = Callable[[int, FrameType | None], Any] | int | None
+# The installed hooks of this process; one atexit entry runs them all (see _run_atexit).
+_installed: weakref.WeakSet[KernelEndHooks] = weakref.WeakSet()
 
 
 def run_bounded(
@@ -80,24 +82,21 @@ class KernelEndHooks:
         self._wrapper: Callable[..., Any] | None = None
         self._original: Callable[..., Any] | None = None
         self._had_instance_attr = False
-        self._previous_sigterm: _SignalHandler = None
-        self._sigterm_installed = False
         self._pid = os.getpid()
 
     # ------------------------------------------------------------------ install / remove
 
     def install(self, shell: InteractiveShell) -> None:
         self._active = True
-        # Forked children (multiprocessing workers) inherit the SIGTERM handler and atexit;
-        # Pool.terminate() SIGTERMs them. They must never tear down the kernel's trees.
+        # Forked children (multiprocessing workers) inherit atexit; they must never tear
+        # down the kernel's trees.
         self._pid = os.getpid()
         self._wrap_do_shutdown(getattr(shell, "kernel", None))
-        self._install_sigterm()
-        atexit.register(self._on_atexit)
+        _installed.add(self)
 
     def uninstall(self) -> None:
         self._active = False
-        atexit.unregister(self._on_atexit)
+        _installed.discard(self)
         kernel, wrapper = self._kernel, self._wrapper
         # if someone wrapped it after us, our wrapper stays but is inert (_active)
         if (
@@ -109,14 +108,7 @@ class KernelEndHooks:
                 kernel.do_shutdown = self._original
             else:
                 del kernel.do_shutdown
-        self._kernel = self._wrapper = None
-        if self._sigterm_installed and threading.current_thread() is threading.main_thread():
-            try:
-                if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
-                    signal.signal(signal.SIGTERM, self._restorable(self._previous_sigterm))
-            except (ValueError, OSError):
-                pass
-            self._sigterm_installed = False
+        self._kernel = self._wrapper = self._original = None
 
     # ------------------------------------------------------------------ triggers
 
@@ -137,13 +129,20 @@ class KernelEndHooks:
         original = getattr(kernel, "do_shutdown", None) if kernel is not None else None
         if original is None:
             return
-        hooks = self
+        # A weak reference: should someone wrap do_shutdown after us, our wrapper stays in
+        # their chain after an unload, and must not keep the session (and its shell) alive.
+        hooks = weakref.ref(self)
+
+        def run() -> None:
+            live = hooks()
+            if live is not None:
+                live._run("do_shutdown")
 
         if inspect.iscoroutinefunction(original):
 
             @functools.wraps(original)
             async def do_shutdown(restart: bool) -> Any:
-                hooks._run("do_shutdown")
+                run()
                 return await original(restart)
 
             wrapper: Callable[..., Any] = do_shutdown
@@ -151,7 +150,7 @@ class KernelEndHooks:
 
             @functools.wraps(original)
             def do_shutdown_sync(restart: bool) -> Any:
-                hooks._run("do_shutdown")
+                run()
                 return original(restart)
 
             wrapper = do_shutdown_sync
@@ -159,34 +158,12 @@ class KernelEndHooks:
         kernel.do_shutdown = wrapper
         self._kernel, self._wrapper, self._original = kernel, wrapper, original
 
-    def _install_sigterm(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        try:
-            self._previous_sigterm = signal.getsignal(signal.SIGTERM)
-            signal.signal(signal.SIGTERM, self._on_sigterm)
-        except (ValueError, OSError):
-            return
-        self._sigterm_installed = True
-
-    @staticmethod
-    def _restorable(handler: _SignalHandler) -> Any:
-        return signal.SIG_DFL if handler is None else handler
-
-    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
-        try:
-            self._run("SIGTERM")
-        finally:
-            previous = self._restorable(self._previous_sigterm)
-            self._sigterm_installed = False
-            try:
-                signal.signal(signal.SIGTERM, previous)
-            except (ValueError, OSError):
-                previous = signal.SIG_DFL
-            if callable(previous):
-                previous(signum, frame)
-            elif previous == signal.SIG_DFL:
-                os.kill(os.getpid(), signal.SIGTERM)  # dies here, by SIGTERM as asked
-
     def _on_atexit(self) -> None:
         self._run("atexit")
+
+
+@atexit.register
+def _run_atexit() -> None:
+    """The one atexit entry of the notebook front (registered at import, never per load)."""
+    for hooks in list(_installed):
+        hooks._on_atexit()

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ipyproctrack._engine import tracker as _engine_tracker
 from ipyproctrack._engine.naming import free_name
 
 from .config import ProcTrackConfig
@@ -40,7 +41,7 @@ KERNEL_END_GRACE = 0.8
 #: inline, so it must be short by itself (grace + about 1 s of sweeping and reaping).
 INLINE_GRACE = 0.3
 #: File in the Tracker's log directory that says how the kernel-end teardown went.
-KERNEL_END_RECORD = "ipyproctrack-kernel-end.txt"
+KERNEL_END_RECORD = _engine_tracker.KERNEL_END_RECORD
 
 
 class NotebookSession:
@@ -241,4 +242,4 @@ def _write_record(
     head = (f"kernel end by {trigger}{' (inline)' if inline else ''}: teardown took "
             f"{took:.2f} s, grace {grace:g} s, pid {os.getpid()}")
     lines = [head, *(report.summary_lines() if report is not None else ["(no report)"])]
-    (tracker.log_dir / KERNEL_END_RECORD).write_text("\n".join(lines) + "\n")
+    tracker.kernel_end_record.write_text("\n".join(lines) + "\n")
