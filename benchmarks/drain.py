@@ -19,7 +19,8 @@ Rounds run in ABBA order (plain first in even rounds, tracker first in odd ones)
   after the launch call returned (the command runs by then: Popen and Tracker.start return
   once it has been exec'd), so the keeper's start-up (issue 4, benchmarks/keeper_cost.py)
   is shown apart;
-- reader CPU: CPU of this process (every thread: ``time.process_time``) during the run. The
+- reader CPU: CPU of this process (every thread: ``time.process_time``) during the run, and
+  how much of it was user time (``os.times``: Python's share, the rest is system calls). The
   flood's own processes (bash, yes, head) are children and never counted;
 - helper CPU: the keeper's own user+system time (not its children's), read from
   /proc/<pid>/stat once it has exited, just before the Tracker reaps it (``waitid`` with
@@ -59,6 +60,7 @@ class Run:
     launch: float  # of which the launch call (Popen / Tracker.start) took this long
     reader_cpu: float
     helper_cpu: float
+    reader_user: float = 0.0  # of reader_cpu, in user space (Python): the rest is the kernel's
 
     @property
     def drain_seconds(self) -> float:
@@ -98,7 +100,7 @@ def file_sha256(paths: list[Path]) -> str:
 
 def run_plain(size: int, directory: Path, *, check_hash: bool) -> Run:
     path = directory / "plain.out"
-    cpu, started = time.process_time(), time.perf_counter()
+    cpu, user, started = time.process_time(), os.times().user, time.perf_counter()
     with open(path, "wb") as out:
         proc = subprocess.Popen(
             ["bash", "-c", flood_command(size)],
@@ -113,7 +115,8 @@ def run_plain(size: int, directory: Path, *, check_hash: bool) -> Run:
         proc.stdout.close()
         proc.wait()
     end = time.perf_counter()
-    run = Run(end - started, launched - started, time.process_time() - cpu, 0.0)
+    run = Run(end - started, launched - started, time.process_time() - cpu, 0.0,
+              os.times().user - user)
     got = path.stat().st_size
     if got != size:
         raise RuntimeError(f"plain loop wrote {got} bytes, expected {size}")
@@ -165,7 +168,7 @@ def run_tracker(size: int, directory: Path, *, check_hash: bool) -> Run:
     log_dir = directory / "logs"
     shutil.rmtree(log_dir, ignore_errors=True)
     with Tracker(log_dir=log_dir) as tracker:
-        cpu, started = time.process_time(), time.perf_counter()
+        cpu, user, started = time.process_time(), os.times().user, time.perf_counter()
         proc = tracker.start(flood_command(size), name="flood")
         launched = time.perf_counter()
         clock = HelperClock(proc._popen) if proc._helpers else None
@@ -174,6 +177,7 @@ def run_tracker(size: int, directory: Path, *, check_hash: bool) -> Run:
                 clock.sample()
         rc = proc.wait(timeout=60)
         seconds, reader = time.perf_counter() - started, time.process_time() - cpu
+        user = os.times().user - user
         received, files = proc.bytes_received, proc.log_files()
         log_max, backups = tracker.log_max_bytes, tracker.log_backups
     if rc != 0 or received != size:
@@ -187,7 +191,7 @@ def run_tracker(size: int, directory: Path, *, check_hash: bool) -> Run:
     shutil.rmtree(log_dir, ignore_errors=True)
     if clock is not None and not clock.caught_exit:
         print("  (the keeper's final CPU read was missed: its last sample is used)")
-    return Run(seconds, launched - started, reader, clock.seconds if clock else 0.0)
+    return Run(seconds, launched - started, reader, clock.seconds if clock else 0.0, user)
 
 
 def kept_bytes(size: int, max_bytes: int, backups: int) -> int:
@@ -234,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             "drain": median(mb / r.drain_seconds for r in runs),
             "launch": median(r.launch * 1000 for r in runs),
             "reader": median(r.reader_cpu / gib for r in runs),
+            "user": median(r.reader_user / gib for r in runs),
             "helper": median(r.helper_cpu / gib for r in runs),
             "total": median(r.total_cpu / gib for r in runs),
         }
@@ -241,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         m = med[side]
         print(f"median {side:8}: {m['speed']:5.0f} MB/s (range {min(speeds):.0f}-{max(speeds):.0f};"
               f" launch {m['launch']:.0f} ms, after it {m['drain']:.0f} MB/s)   CPU s/GiB: reader "
-              f"{m['reader']:.3f}  helpers {m['helper']:.3f}  total {m['total']:.3f}")
+              f"{m['reader']:.3f} (user {m['user']:.3f})  helpers {m['helper']:.3f}  "
+              f"total {m['total']:.3f}")
     p, t = med["plain"], med["tracker"]
     ratios = [
         ("throughput", t["speed"] / p["speed"], f">= {GOAL_SPEED}", t["speed"] / p["speed"]
