@@ -146,6 +146,53 @@ def test_rotation_keeps_a_bounded_number_of_backups(tmp_path: Path) -> None:
     assert all(p.stat().st_size <= 100 for p in log.files())
 
 
+def test_bounded_rotation_keeps_the_newest_bytes_in_order(tmp_path: Path) -> None:
+    log = RotatingLog(tmp_path / "x.log", max_bytes=100, backups=2)
+    stream = b"".join(b"%06d\n" % i for i in range(200))  # 1400 bytes: 14 files' worth
+    for i in range(0, len(stream), 70):
+        log.write(stream[i : i + 70])
+    log.close()
+    kept = b"".join(p.read_bytes() for p in log.files())
+    assert kept == stream[-300:]  # two full backups and a full current file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.log", "x.log.1", "x.log.2"]
+
+
+def test_rotation_without_backups_starts_the_log_afresh(tmp_path: Path) -> None:
+    log = RotatingLog(tmp_path / "x.log", max_bytes=100, backups=0)
+    log.write(b"a" * 100)
+    log.write(b"b" * 30)
+    log.close()
+    assert log.files() == [tmp_path / "x.log"]
+    assert (tmp_path / "x.log").read_bytes() == b"b" * 30
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_a_deleted_backup_is_closed_soon(tmp_path: Path) -> None:
+    # The oldest backup is deleted with its descriptor closed on a thread (that is where
+    # its cached pages are freed): that descriptor must not leak.
+    log = RotatingLog(tmp_path / "x.log", max_bytes=1000, backups=1)
+    for _ in range(5):
+        log.write(b"x" * 1000)
+    log.close()
+
+    def held() -> list[str]:
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(str(tmp_path)):
+                found.append(target)
+        return found
+
+    deadline = time.monotonic() + 10
+    while held() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert held() == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.log", "x.log.1"]
+
+
 def test_pid_reuse_record_is_never_signalled(tmp_path: Path) -> None:
     victim = subprocess.Popen(["sleep", "30"], start_new_session=True)
     try:

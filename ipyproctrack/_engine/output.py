@@ -61,6 +61,12 @@ class RotatingLog:
         if self._fd < 0:
             return
         try:
+            if self.max_bytes <= 0 or self._size + len(data) <= self.max_bytes:
+                written = os.write(self._fd, data)  # the hot path: one call per read
+                self._size += written
+                if written == len(data):
+                    return
+                data = data[written:]
             while data:
                 room = self.max_bytes - self._size if self.max_bytes > 0 else len(data)
                 if room <= 0:
@@ -76,18 +82,24 @@ class RotatingLog:
     def _rotate(self) -> None:
         fd, self._fd = self._fd, -1  # never keep a closed number: it may be reused by now
         os.close(fd)
-        if self.backups != 0:
+        # Delete first, then rename onto free names only. A rename (or a truncation) that
+        # replaces a file makes ext4 write the renamed file's data out at once (auto_da_alloc):
+        # that stalled the drain for tens of ms per rotation, to write out a backup that is
+        # deleted a few rotations later anyway.
+        if self.backups == 0:
+            _discard(self.path)
+        else:
             last = self.backups
             if last < 0:  # unlimited: shift every existing backup up by one
                 last = 1
                 while self._backup(last).exists():
                     last += 1
+            else:
+                _discard(self._backup(last))
             for n in range(last - 1, 0, -1):
-                if self._backup(n).exists():
+                with contextlib.suppress(FileNotFoundError):
                     os.replace(self._backup(n), self._backup(n + 1))
             os.replace(self.path, self._backup(1))
-        else:
-            os.truncate(self.path, 0)
         self._fd = self._open()
         self._size = 0
 
@@ -145,14 +157,19 @@ class OutputSink:
 
     # --- the drain side --------------------------------------------------------------------
     def feed(self, stream: str, data: bytes) -> None:
+        # Called once per read, so kept lean: no trimming below the bound, no copy of the
+        # subscriber list unless there are subscribers.
         self.log.write(data)
+        size = len(data)
         with self._lock:
-            self._tail.append((stream, data))
-            self._tail_size += len(data)
-            self._trim_bytes()
-            self.bytes_received += len(data)
+            tail = self._tail
+            tail.append((stream, data))
+            self._tail_size += size
+            if self._tail_size >= self.tail_bytes:
+                self._trim_bytes()
+            self.bytes_received += size
             self.version += 1
-            subs = list(self._subscribers)
+            subs = list(self._subscribers) if self._subscribers else None
         if subs:
             chunk = OutputChunk(stream, data)
             for sub in subs:
@@ -282,6 +299,32 @@ class OutputSink:
 
     def tail(self, lines: int = 50, *, stream: str | None = None) -> str:
         return "".join(text for _, text in self.tail_chunks(lines, stream=stream))
+
+
+def _discard(path: Path) -> None:
+    """Delete a log file. Freeing its cached pages (a few ms per 50 MiB, more on a busy
+    machine) happens when its last descriptor closes: here on a short-lived thread, so the
+    drain does not stall while the writer's pipe fills."""
+    try:
+        fd = os.open(path, os.O_RDONLY)  # not inherited (PEP 446)
+    except FileNotFoundError:
+        return
+    try:
+        os.unlink(path)
+    except OSError:  # Windows cannot delete an open file: close it, then delete it here
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    threading.Thread(target=_close_discarded, args=(fd, path), daemon=True,
+                     name="ipyproctrack-log-discard").start()
+
+
+def _close_discarded(fd: int, path: Path) -> None:
+    try:
+        os.close(fd)
+    except OSError as exc:
+        log.warning("closing the deleted log %s failed: %s", path, exc)
 
 
 def _shorten_lines(text: str) -> str:
