@@ -171,7 +171,7 @@ def run_tracker(size: int, directory: Path, *, check_hash: bool) -> Run:
         cpu, user, started = time.process_time(), os.times().user, time.perf_counter()
         proc = tracker.start(flood_command(size), name="flood")
         launched = time.perf_counter()
-        clock = HelperClock(proc._popen) if proc._helpers else None
+        clock = HelperClock(proc._root.popen) if proc._helpers else None
         while not proc.wait_output_done(0.25):  # a few /proc reads a second, no busy wait
             if clock is not None:
                 clock.sample()
