@@ -139,8 +139,13 @@ def scan(*, with_tags: bool = True) -> dict[int, ProcRecord]:
                 try:
                     env = _read(name + "/environ", dfd)
                 except OSError:  # another user's process, or gone
-                    env = b""
-                tags = _tags(env) if _MARK in env else _NO_TAGS
+                    env = None
+                tags = _tags(env) if env and _MARK in env else _NO_TAGS
+                if env == b"":
+                    # Not remembered: a process in the middle of an exec shows an empty
+                    # environment (its new command name already set) for an instant.
+                    rec.session_tag, rec.process_tag = tags
+                    continue
             cache[key] = tags
             rec.session_tag, rec.process_tag = tags
     finally:
