@@ -187,8 +187,10 @@ class Tracker(AbstractContextManager["Tracker"]):
 
         A str is run by bash (or sh); a list is executed as it is. A name whose tree still
         runs is a NameInUseError, unless ``replace=True`` stops that tree first (with
-        ``replace_grace``, default the Tracker's grace). ``on_launched(proc)`` runs once the
-        process exists, before any readiness wait. With ``ready``, block until the checks
+        ``replace_grace``, default the Tracker's grace; an interrupt meanwhile kills the old
+        tree at once and starts nothing). ``on_launched(proc)`` runs once the process
+        exists, before any readiness wait; if it raises, the process is torn down and the
+        exception propagates. With ``ready``, block until the checks
         pass (see wait_ready). Raises LaunchError before anything runs when the command,
         its directory or the name cannot be used."""
         argv, display = argv_of(command)
