@@ -486,7 +486,7 @@ def test_a_failed_rotation_closes_no_foreign_descriptor(tmp_path: Path) -> None:
         f.unlink()
     folder.rmdir()  # a /tmp cleaner removed the log directory
     log.write(b"b" * 10)  # the rotation fails: recorded, not raised
-    assert log.error is not None and "cannot write log" in log.error
+    assert log.error is not None and log.error.startswith("no log: ")
     r, w = os.pipe()  # likely reuses the number the log had
     try:
         for _ in range(3):

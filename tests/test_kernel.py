@@ -247,7 +247,7 @@ def test_text_fallback_with_no_widget(shared: Kernel) -> None:
     assert not result.of("comm_open")
     assert re.search(r"quiet: pid \d+ running · ready in [\d.]+ s", result.stdout), result.stdout
     logs = shared.ok("%proctrack_logs quiet --tail 5").text()
-    assert "ready" in logs and "quiet.log" in logs
+    assert "ready" in logs and re.search(r"full log: \S+/quiet-[0-9a-f]{8}\.log", logs), logs
     assert "all gone" in shared.ok("%proctrack_cleanup quiet").text()
 
 

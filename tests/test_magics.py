@@ -456,6 +456,7 @@ class _Ended:
         self.name, self.pid, self.returncode, self.stopped = "ended", 4242, 0, False
         self.state = ProcessState(Phase.EXITED, 0)
         self.started_at, self.command, self.log_path = time.time(), "echo", Path("ended.log")
+        self.log_error = None
         self.output_done, self.output_version = False, 1
         self.chunks = [("stdout", "first\n")]
 

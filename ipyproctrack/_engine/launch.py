@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -102,11 +103,20 @@ def check_executable(
         raise LaunchError(f"command not found: {exe}")
 
 
+def _open_file_limit() -> str:
+    limits = plat.raise_open_file_limit()
+    if limits is None:
+        return "the system's limit"
+    return f"limit {limits[0]} per process; raise the hard limit with ulimit -Hn"
+
+
 def _launch_failure(exe: str, exc: OSError) -> str:
     if isinstance(exc, FileNotFoundError):
         return f"command not found: {exe}"
     if isinstance(exc, PermissionError):
         return f"permission denied: {exe}"
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return f"too many open files: cannot start {exe} ({_open_file_limit()})"
     return f"cannot start {exe}: {exc.strerror or exc}"
 
 
@@ -142,8 +152,16 @@ def spawn_root(
     """Start ``argv`` in a new session (and group) with its output on two new pipes.
     ``lifeline()`` gives the read end the keeper watches; ``record`` is where it reports
     a teardown of ``name`` when the kernel is gone. Raises LaunchError."""
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
+    try:
+        out_r, out_w = os.pipe()
+    except OSError as exc:
+        raise LaunchError(_launch_failure(argv[0], exc)) from None
+    try:
+        err_r, err_w = os.pipe()
+    except OSError as exc:
+        os.close(out_r)
+        os.close(out_w)
+        raise LaunchError(_launch_failure(argv[0], exc)) from None
     kept = None
     try:
         if plat.USE_KEEPER:

@@ -6,6 +6,7 @@ before they launch it, to show its widget)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 from collections.abc import Container, Sequence
@@ -13,6 +14,9 @@ from itertools import count
 from pathlib import Path
 
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+# Letters of any script stay readable in log names; anything else becomes "_".
+_FILE_CHARS = re.compile(r"[^\w.-]+")
+_STEM_BYTES = 64
 # Lines that set a script up rather than run its main command.
 _SETUP_WORDS = frozenset(
     {
@@ -47,9 +51,15 @@ def free_name(base: str, taken: Container[str]) -> str:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def file_stem(name: str) -> str:
-    """``name`` made safe for a file name: ``my server`` -> ``my_server``."""
-    return _NAME_CHARS.sub("_", name)
+def log_stem(name: str, *, digits: int = 8) -> str:
+    """A file name (without ``.log``) for the log of ``name``: readable, safe, at most
+    about 80 bytes, and distinct for distinct names (a hash of the name ends it):
+    ``my server`` -> ``my_server-1f2e3d4c``, ``сервер-😀`` -> ``сервер-_-9a8b7c6d``."""
+    readable = _FILE_CHARS.sub("_", name).lstrip(".") or "_"
+    cut = readable.encode("utf-8", "surrogatepass")[:_STEM_BYTES]
+    readable = cut.decode("utf-8", "ignore")
+    digest = hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return f"{readable}-{digest[:digits]}"
 
 
 def _script_base(script: str) -> str:

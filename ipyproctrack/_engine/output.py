@@ -3,14 +3,16 @@ in-memory tail (for humans and widgets) and subscribers (fed in batches, never b
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from .logfiles import RotatingLog
+
+__all__ = ["DROPPED", "STDERR", "STDOUT", "Deliveries", "OutputChunk", "OutputSink",
+           "RotatingLog"]
 
 log = logging.getLogger(__name__)
 
@@ -36,100 +38,57 @@ class OutputChunk:
         return self.data.decode("utf-8", "replace")
 
 
-class RotatingLog:
-    """Raw bytes to ``path``; past ``max_bytes`` it becomes path.1, path.1 becomes path.2...
-    like supervisor's logs. ``max_bytes=0``: never rotate. ``backups=-1``: keep them all."""
-
-    def __init__(self, path: Path, *, max_bytes: int, backups: int) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self.backups = backups
-        self.error: str | None = None
-        self._fd = self._open()
-        self._size = os.fstat(self._fd).st_size if self._fd >= 0 else 0
-
-    def _open(self) -> int:
-        try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
-            return os.open(self.path, flags, 0o644)
-        except OSError as exc:
-            self.error = f"cannot write log {self.path}: {exc.strerror}"
-            return -1
-
-    def write(self, data: bytes) -> None:
-        # A full disk must never stall the server: record the error and keep draining.
-        if self._fd < 0:
-            return
-        try:
-            if self.max_bytes <= 0 or self._size + len(data) <= self.max_bytes:
-                written = os.write(self._fd, data)  # the hot path: one call per read
-                self._size += written
-                if written == len(data):
-                    return
-                data = data[written:]
-            while data:
-                room = self.max_bytes - self._size if self.max_bytes > 0 else len(data)
-                if room <= 0:
-                    self._rotate()
-                    continue
-                part = data[:room] if room < len(data) else data
-                written = os.write(self._fd, part)
-                self._size += written
-                data = data[written:]
-        except OSError as exc:
-            self.error = f"cannot write log {self.path}: {exc.strerror}"
-
-    def _rotate(self) -> None:
-        fd, self._fd = self._fd, -1  # never keep a closed number: it may be reused by now
-        os.close(fd)
-        # Delete first, then rename onto free names only. A rename (or a truncation) that
-        # replaces a file makes ext4 write the renamed file's data out at once (auto_da_alloc):
-        # that stalled the drain for tens of ms per rotation, to write out a backup that is
-        # deleted a few rotations later anyway.
-        if self.backups == 0:
-            _discard(self.path)
-        else:
-            last = self.backups
-            if last < 0:  # unlimited: shift every existing backup up by one
-                last = 1
-                while self._backup(last).exists():
-                    last += 1
-            else:
-                _discard(self._backup(last))
-            for n in range(last - 1, 0, -1):
-                with contextlib.suppress(FileNotFoundError):
-                    os.replace(self._backup(n), self._backup(n + 1))
-            os.replace(self.path, self._backup(1))
-        self._fd = self._open()
-        self._size = 0
-
-    def _backup(self, n: int) -> Path:
-        return self.path.with_name(f"{self.path.name}.{n}")
-
-    def files(self) -> list[Path]:
-        """Oldest first: concatenated, they are the output (as far as backups reach)."""
-        found = []
-        n = 1
-        while self._backup(n).exists():
-            found.append(self._backup(n))
-            n += 1
-        return [*reversed(found), self.path]
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
 @dataclass(eq=False)
 class _Subscriber:
+    sink: OutputSink
     callback: Callable[[list[OutputChunk]], None]
     pending: deque[OutputChunk] = field(default_factory=deque)
     pending_bytes: int = 0
     dropped: int = 0
     active: bool = True
-    wake: threading.Event = field(default_factory=threading.Event)
+    done: bool = False
+
+
+class Deliveries:
+    """One thread delivers the batches of every subscriber of a Tracker's sinks. It runs
+    while any subscription is open, so a slow subscriber delays the others' batches but
+    never the drain."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._ready: dict[_Subscriber, None] = {}  # ordered: first come, first served
+        self._open = 0
+        self._thread: threading.Thread | None = None
+
+    def attach(self) -> None:
+        with self._lock:
+            self._open += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="ipyproctrack-subscriber")
+                self._thread.start()
+
+    def notify(self, sub: _Subscriber) -> None:
+        with self._lock:
+            self._ready[sub] = None
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            with self._lock:
+                self._wake.clear()
+                ready = list(self._ready)
+                self._ready.clear()
+            for sub in ready:
+                if sub.sink._deliver(sub):
+                    with self._lock:
+                        self._open -= 1
+            with self._lock:
+                if self._open <= 0 and not self._ready:
+                    self._thread = None
+                    return
 
 
 class OutputSink:
@@ -142,8 +101,10 @@ class OutputSink:
         tail_bytes: int,
         tail_lines: int,
         on_output: Callable[[], None] | None = None,
+        deliveries: Deliveries | None = None,
     ) -> None:
         self.log = log
+        self._deliveries = deliveries if deliveries is not None else Deliveries()
         self._on_output = on_output
         self.tail_bytes = max(tail_bytes, 1024)
         self.tail_lines = max(tail_lines, 1)
@@ -213,7 +174,7 @@ class OutputSink:
                 old = sub.pending.popleft()
                 sub.pending_bytes -= len(old.data)
                 sub.dropped += len(old.data)
-        sub.wake.set()
+        self._deliveries.notify(sub)
 
     def close(self) -> None:
         self.log.close()
@@ -221,48 +182,48 @@ class OutputSink:
             self._closed = True
             subs = list(self._subscribers)
         for sub in subs:
-            sub.wake.set()
+            self._deliveries.notify(sub)
 
     # --- the reading side -------------------------------------------------------------------
     def subscribe(self, callback: Callable[[list[OutputChunk]], None]) -> Callable[[], None]:
-        """Batches go to ``callback`` on a thread of its own: a slow one never blocks draining."""
-        sub = _Subscriber(callback)
+        """Batches go to ``callback`` on the Tracker's delivery thread: a slow one never
+        blocks draining."""
+        sub = _Subscriber(self, callback)
+        self._deliveries.attach()
         with self._lock:
             self._subscribers.append(sub)
-        threading.Thread(target=self._deliver, args=(sub,), daemon=True,
-                         name="ipyproctrack-subscriber").start()
-        if self._closed:
-            sub.wake.set()  # nothing more will come: let the thread end
+            closed = self._closed
+        if closed:
+            self._deliveries.notify(sub)  # nothing more will come: let it be done
 
         def unsubscribe() -> None:
             with self._lock:
                 sub.active = False
                 if sub in self._subscribers:
                     self._subscribers.remove(sub)
-            sub.wake.set()
+            self._deliveries.notify(sub)
 
         return unsubscribe
 
-    def _deliver(self, sub: _Subscriber) -> None:
-        while True:
-            sub.wake.wait()
-            with self._lock:
-                sub.wake.clear()
-                batch = list(sub.pending)
-                sub.pending.clear()
-                sub.pending_bytes = 0
-                if sub.dropped:
-                    note = f"[ipyproctrack: {sub.dropped} bytes skipped, subscriber too slow]\n"
-                    batch.insert(0, OutputChunk(DROPPED, note.encode()))
-                    sub.dropped = 0
-                done = not sub.active or self._closed  # a last batch still goes out below
-            if batch and sub.active:
-                try:
-                    sub.callback(batch)
-                except Exception:  # a broken subscriber harms no other, but is reported
-                    log.exception("output subscriber %r failed", sub.callback)
-            if done:
-                return
+    def _deliver(self, sub: _Subscriber) -> bool:
+        """Hand ``sub`` its pending batch (on the delivery thread); True when it ends now."""
+        with self._lock:
+            if sub.done:
+                return False
+            batch = list(sub.pending)
+            sub.pending.clear()
+            sub.pending_bytes = 0
+            if sub.dropped:
+                note = f"[ipyproctrack: {sub.dropped} bytes skipped, subscriber too slow]\n"
+                batch.insert(0, OutputChunk(DROPPED, note.encode()))
+                sub.dropped = 0
+            sub.done = not sub.active or self._closed  # a last batch still goes out below
+        if batch and sub.active:
+            try:
+                sub.callback(batch)
+            except Exception:  # a broken subscriber harms no other, but is reported
+                log.exception("output subscriber %r failed", sub.callback)
+        return sub.done
 
     def tail_chunks(self, lines: int = 50, *, stream: str | None = None) -> list[tuple[str, str]]:
         """The last ``lines`` lines as (stream, text) runs, oldest first."""
@@ -299,32 +260,6 @@ class OutputSink:
 
     def tail(self, lines: int = 50, *, stream: str | None = None) -> str:
         return "".join(text for _, text in self.tail_chunks(lines, stream=stream))
-
-
-def _discard(path: Path) -> None:
-    """Delete a log file. Freeing its cached pages (a few ms per 50 MiB, more on a busy
-    machine) happens when its last descriptor closes: here on a short-lived thread, so the
-    drain does not stall while the writer's pipe fills."""
-    try:
-        fd = os.open(path, os.O_RDONLY)  # not inherited (PEP 446)
-    except FileNotFoundError:
-        return
-    try:
-        os.unlink(path)
-    except OSError:  # Windows cannot delete an open file: close it, then delete it here
-        os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        return
-    threading.Thread(target=_close_discarded, args=(fd, path), daemon=True,
-                     name="ipyproctrack-log-discard").start()
-
-
-def _close_discarded(fd: int, path: Path) -> None:
-    try:
-        os.close(fd)
-    except OSError as exc:
-        log.warning("closing the deleted log %s failed: %s", path, exc)
 
 
 def _shorten_lines(text: str) -> str:

@@ -132,7 +132,14 @@ class TrackedProcess:
 
     @property
     def log_error(self) -> str | None:
+        """Why the log cannot be written (``no log: permission denied on …``), or None.
+        The process runs on either way; its tail is still kept in memory."""
         return self._sink.log.error
+
+    @property
+    def log_status(self) -> str:
+        """The log's path, or, where there is no log, why (what to show for "the log")."""
+        return self.log_error or str(self.log_path)
 
     def log_files(self) -> list[Path]:
         """The log and its rotated backups, oldest first."""

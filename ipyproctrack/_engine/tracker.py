@@ -11,7 +11,6 @@ import itertools
 import logging
 import os
 import secrets
-import tempfile
 import threading
 import time
 import weakref
@@ -31,12 +30,14 @@ from .._proc.scan import scan_processes
 from .._proc.teardown import CleanupReport, run_teardown
 from ..errors import LaunchError, NameInUseError, TrackerClosedError, UnknownProcessError
 from .launch import argv_of, check_executable, checked_cwd, child_env, spawn_root
+from .logdirs import checked_log_dir, new_session_dir
+from .logfiles import LogBudget, RotatingLog
 from .loop import Loop
-from .naming import base_name, file_stem, free_name
-from .output import OutputSink, RotatingLog
+from .naming import base_name, free_name, log_stem
+from .output import Deliveries, OutputSink
 from .ports import check_port_free, port_holder
 from .process import TrackedProcess
-from .ready import as_checks
+from .ready import as_checks, close_checks
 from .state import Phase
 
 if TYPE_CHECKING:
@@ -76,9 +77,17 @@ if hasattr(os, "register_at_fork"):
 
 @atexit.register
 def _close_live_trackers() -> None:
-    """Plain Python scripts get the same promise as notebooks: nothing outlives us."""
+    """Plain Python scripts get the same promise as notebooks: nothing outlives us. A
+    Tracker made with ``close_at_exit=False`` is closed by its owner's own exit hooks."""
     for tracker in list(_live_trackers):
-        tracker.close(grace=1.0)
+        if tracker.close_at_exit:
+            tracker.close(grace=1.0)
+
+
+#: Defaults of the logs' disk use: per session (all its processes), and per process.
+LOG_BUDGET_BYTES = 512 * 2**20
+LOG_MAX_BYTES = 20 * 2**20
+LOG_BACKUPS = 5
 
 
 class Tracker(AbstractContextManager["Tracker"]):
@@ -91,29 +100,37 @@ class Tracker(AbstractContextManager["Tracker"]):
         grace: float = 3.0,
         tail_lines: int = 2000,
         tail_bytes: int = 1 << 20,
-        log_max_bytes: int = 50 * 2**20,
-        log_backups: int = 10,
+        log_max_bytes: int = LOG_MAX_BYTES,
+        log_backups: int = LOG_BACKUPS,
+        log_budget_bytes: int = LOG_BUDGET_BYTES,
         on_change: Callable[[], None] | None = None,
+        close_at_exit: bool = True,
     ) -> None:
-        """``on_change`` is called, from the drain thread, whenever a tracked process writes
+        """Logs go to ``log_dir`` (created 0700; refused if it is another user's or
+        writable by others without the sticky bit), or by default to a fresh directory
+        under ``<tmp>/ipyproctrack-<uid>/``, where the directories of ended sessions are
+        deleted but for the newest 3. Each log rotates at ``log_max_bytes`` and keeps
+        ``log_backups`` old files; all the session's logs together keep at most
+        ``log_budget_bytes`` (the oldest rotated files go first). 0 or less: unlimited.
+
+        ``on_change`` is called, from the drain thread, whenever a tracked process writes
         output, exits or becomes ready: a cheap wake-up for a display (the widgets use it
-        to sleep while nothing happens). It must not block."""
+        to sleep while nothing happens). It must not block. ``close_at_exit=False``: the
+        caller closes the Tracker when the program ends (the notebook's hooks do)."""
         self._on_change = on_change
         self.session_tag = f"{os.getpid()}-{secrets.token_hex(6)}"
-        if log_dir is None:
-            self.log_dir = Path(tempfile.mkdtemp(prefix=f"ipyproctrack-{self.session_tag}-"))
-        else:
-            self.log_dir = Path(log_dir).expanduser().resolve()
-            try:
-                self.log_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise LaunchError(f"cannot create log directory {self.log_dir}: "
-                                  f"{exc.strerror}") from None
+        self.log_dir = new_session_dir() if log_dir is None else checked_log_dir(log_dir)
+        # Hundreds of tracked processes need more open files than the usual soft 1024.
+        plat.raise_open_file_limit()
+        self.close_at_exit = close_at_exit
         self.grace = grace
         self.tail_lines = tail_lines
         self.tail_bytes = tail_bytes
         self.log_max_bytes = log_max_bytes
         self.log_backups = log_backups
+        self.log_budget = LogBudget(log_budget_bytes)
+        self._log_names: dict[str, str] = {}  # log file stem -> the name it belongs to
+        self._deliveries = Deliveries()  # one subscriber thread for all our processes
         self.closed = False
         self._owner_pid = os.getpid()  # a forked child inherits this object, not its processes
         self._lock = threading.RLock()  # guards _procs, _lifeline and closed
@@ -180,8 +197,10 @@ class Tracker(AbstractContextManager["Tracker"]):
 
         A str is run by bash (or sh); a list is executed as it is. A name whose tree still
         runs is a NameInUseError, unless ``replace=True`` stops that tree first (with
-        ``replace_grace``, default the Tracker's grace). ``on_launched(proc)`` runs once the
-        process exists, before any readiness wait. With ``ready``, block until the checks
+        ``replace_grace``, default the Tracker's grace; an interrupt meanwhile kills the old
+        tree at once and starts nothing). ``on_launched(proc)`` runs once the process
+        exists, before any readiness wait; if it raises, the process is torn down and the
+        exception propagates. With ``ready``, block until the checks
         pass (see wait_ready). Raises LaunchError before anything runs when the command,
         its directory or the name cannot be used."""
         argv, display = argv_of(command)
@@ -196,10 +215,25 @@ class Tracker(AbstractContextManager["Tracker"]):
             proc = self._launch(argv, display, name=name, cwd=workdir, env=full_env,
                                 checks=checks)
         if on_launched is not None:
-            on_launched(proc)
+            self._call_on_launched(on_launched, proc)
         if checks:
             proc.wait_ready(ready_timeout)
         return proc
+
+    @staticmethod
+    def _call_on_launched(
+        on_launched: Callable[[TrackedProcess], None], proc: TrackedProcess
+    ) -> None:
+        """A failing ``on_launched`` fails the launch: the tree is torn down (never left
+        "starting" with no one waiting) and the exception goes to start()'s caller."""
+        try:
+            on_launched(proc)
+        except BaseException:
+            log.warning("%s: on_launched failed; stopping it", proc.name)
+            proc._transition(Phase.FAILED)
+            close_checks(proc._checks)
+            proc.stop()
+            raise
 
     def _check_open(self) -> None:
         if self.closed:
@@ -250,8 +284,37 @@ class Tracker(AbstractContextManager["Tracker"]):
                 raise NameInUseError(
                     f"{name!r} {what} (pid {old.pid}); stop it first or use replace=True"
                 )
-            old.stop(grace=replace_grace)
+            self._stop_through_interrupts(old, replace_grace)
         return name
+
+    @staticmethod
+    def _stop_through_interrupts(proc: TrackedProcess, grace: float | None) -> None:
+        """Stop ``proc``'s tree, even when a KeyboardInterrupt comes meanwhile: an
+        interrupted replace must never leave the old tree running under a "stopped" name.
+        An interrupt cuts the grace short (SIGKILL at once), waits until the tree is gone,
+        then propagates: the new process is not started."""
+        done = threading.Event()
+
+        def stop() -> None:
+            try:
+                proc.stop(grace=grace)
+            finally:
+                done.set()
+
+        threading.Thread(target=stop, name="ipyproctrack-replace", daemon=True).start()
+        interrupt: BaseException | None = None
+        while not done.is_set():
+            try:
+                if interrupt is None:
+                    done.wait()
+                else:  # hurry: the caller wants out; the grace is over
+                    log.warning("%s: replace interrupted; killing the old tree now", proc.name)
+                    proc.stop(grace=0)
+                    done.wait()
+            except KeyboardInterrupt as exc:
+                interrupt = interrupt or exc
+        if interrupt is not None:
+            raise interrupt
 
     def _launch(
         self,
@@ -270,11 +333,13 @@ class Tracker(AbstractContextManager["Tracker"]):
                           lifeline=self._lifeline_read, keeper_grace=min(self.grace, 1.5),
                           name=name, record=str(self.kernel_end_record))
         sink = OutputSink(
-            RotatingLog(self.log_dir / f"{file_stem(name)}.log",
-                        max_bytes=self.log_max_bytes, backups=self.log_backups),
+            RotatingLog(self.log_dir / f"{self._log_stem(name)}.log",
+                        max_bytes=self.log_max_bytes, backups=self.log_backups,
+                        budget=self.log_budget),
             tail_bytes=self.tail_bytes,
             tail_lines=self.tail_lines,
             on_output=self._changed if self._on_change is not None else None,
+            deliveries=self._deliveries,
         )
         proc = TrackedProcess(self, name=name, command=display, root=root, tag=tag, cwd=cwd,
                               sink=sink, checks=checks)
@@ -293,6 +358,15 @@ class Tracker(AbstractContextManager["Tracker"]):
             raise
         self._supervise(proc)
         return proc
+
+    def _log_stem(self, name: str) -> str:
+        """One log per name, never shared with another name: a longer hash if two met."""
+        with self._lock:
+            for digits in (8, 16, 32):
+                stem = log_stem(name, digits=digits)
+                if self._log_names.setdefault(stem, name) == name:
+                    return stem
+        raise AssertionError(f"128-bit hash collision for {name!r}")  # pragma: no cover
 
     def _supervise(self, proc: TrackedProcess) -> None:
         self._loop.supervise(proc._root, proc._sink, on_exit=proc._root_exited,

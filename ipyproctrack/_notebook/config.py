@@ -45,17 +45,25 @@ class ProcTrackConfig(Configurable):
 
     log_dir = Unicode(
         "",
-        help="Directory for the full output logs; empty means the engine's default "
-        "(a fresh temporary directory per session). Used when the Tracker is created.",
+        help="Directory for the full output logs; empty means the engine's default (a "
+        "fresh directory per session under <tmp>/ipyproctrack-<uid>/; those of ended "
+        "sessions are deleted but for the newest 3). A configured directory must be "
+        "yours and not writable by others. Used when the Tracker is created.",
     ).tag(config=True)
 
     log_max_bytes = Int(
-        50 * 2**20, help="Rotate a log file at this size; 0 means never rotate."
+        20 * 2**20, help="Rotate a log file at this size; 0 means never rotate."
     ).tag(config=True)
 
-    log_backups = Int(10, help="Rotated log files kept per process; -1 keeps them all.").tag(
+    log_backups = Int(5, help="Rotated log files kept per process; -1 keeps them all.").tag(
         config=True
     )
+
+    log_budget_bytes = Int(
+        512 * 2**20,
+        help="Disk all the session's logs may use together; past it the oldest rotated "
+        "files are deleted first. 0 means unlimited.",
+    ).tag(config=True)
 
     @validate("grace")
     def _check_grace(self, proposal: Any) -> float:
@@ -84,6 +92,13 @@ class ProcTrackConfig(Configurable):
         value = int(proposal["value"])
         if value < 0:
             raise TraitError(f"log_max_bytes must be >= 0, not {value}")
+        return value
+
+    @validate("log_budget_bytes")
+    def _check_log_budget_bytes(self, proposal: Any) -> int:
+        value = int(proposal["value"])
+        if value < 0:
+            raise TraitError(f"log_budget_bytes must be >= 0 (0: unlimited), not {value}")
         return value
 
     @validate("log_backups")

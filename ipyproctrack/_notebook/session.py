@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ipyproctrack._engine import tracker as _engine_tracker
+from ipyproctrack._engine.logfiles import open_private
 from ipyproctrack._engine.naming import free_name
 
 from .config import ProcTrackConfig
@@ -87,7 +88,9 @@ class NotebookSession:
                     grace=cfg.grace,
                     log_max_bytes=cfg.log_max_bytes,
                     log_backups=cfg.log_backups,
+                    log_budget_bytes=cfg.log_budget_bytes,
                     on_change=self.refresher.wake.set,
+                    close_at_exit=False,  # our KernelEndHooks close it, once
                 )
             return self._tracker
 
@@ -242,4 +245,7 @@ def _write_record(
     head = (f"kernel end by {trigger}{' (inline)' if inline else ''}: teardown took "
             f"{took:.2f} s, grace {grace:g} s, pid {os.getpid()}")
     lines = [head, *(report.summary_lines() if report is not None else ["(no report)"])]
-    tracker.kernel_end_record.write_text("\n".join(lines) + "\n")
+    # 0600 and never through a symlink planted at its path
+    fd = open_private(tracker.kernel_end_record, append=False)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")

@@ -118,7 +118,8 @@ def status_line(proc: TrackedProcess, *, full: bool = True) -> str:
     line = f"{proc.name}: pid {proc.pid} {proc.state.describe()}"
     if not full:
         return line
-    return f"{line}; log {proc.log_path}  ({shorten_command(proc.command, 80)})"
+    where = proc.log_error or f"log {proc.log_path}"  # "no log: …" when there is none
+    return f"{line}; {where}  ({shorten_command(proc.command, 80)})"
 
 
 # ----------------------------------------------------------------------------- badges, tails
@@ -230,7 +231,7 @@ class ProcessTable:
                     st.cpu_text() if st.count else "-",
                     format_bytes(st.rss) if st.count else "-",
                     st.ports_text() if st.count else "-",
-                    str(proc.log_path),
+                    proc.log_status,
                 )
             )
         return rows
@@ -330,18 +331,21 @@ class LogsView:
     def __init__(self, proc: TrackedProcess, lines: int) -> None:
         self.name = proc.name
         self.path = str(proc.log_path)
+        self.log_error = proc.log_error  # shown instead of the path when there is no log
         self.state = proc.state
         self.chunks = proc.tail_chunks(lines)
 
     def __repr__(self) -> str:
         text = tail_text(self.chunks, max_chars=1 << 20).rstrip("\n")
-        header = f"{self.name} ({self.state.describe()}); full log: {self.path}"
+        where = self.log_error or f"full log: {self.path}"
+        header = f"{self.name} ({self.state.describe()}); {where}"
         return f"{header}\n{text}" if text else f"{header}\n(no output yet)"
 
     def _repr_html_(self) -> str:
         inner = tail_html(self.chunks, max_chars=1 << 20) or "<i>(no output yet)</i>"
+        where = (html.escape(self.log_error) if self.log_error
+                 else f"full log: <code>{html.escape(self.path)}</code>")
         return (
-            f"<div><b>{html.escape(self.name)}</b> {badge_html(self.state)} "
-            f"full log: <code>{html.escape(self.path)}</code>"
+            f"<div><b>{html.escape(self.name)}</b> {badge_html(self.state)} {where}"
             f'<pre style="max-height:40em;overflow:auto;margin-top:4px">{inner}</pre></div>'
         )

@@ -267,10 +267,11 @@ class ProcessWidget:
         if self.phase is WidgetPhase.FAILED and self.error:
             sub = f'<div style="color:{STDERR_COLOR}">{html.escape(self.error)}</div>'
         elif proc is not None:
+            where = (html.escape(proc.log_error) if proc.log_error  # "no log: …"
+                     else f"log <code>{html.escape(str(proc.log_path))}</code>")
             sub = (
                 '<div style="font-size:80%;opacity:0.7">'
-                f"{html.escape(shorten_command(proc.command, 120))}"
-                f" · log <code>{html.escape(str(proc.log_path))}</code></div>"
+                f"{html.escape(shorten_command(proc.command, 120))} · {where}</div>"
             )
         elif self.spec.ready:
             sub = (

@@ -44,6 +44,9 @@ USE_KEEPER = IS_POSIX
 # Pipes can be watched by the event loop (add_reader); Windows needs reader threads.
 ASYNC_PIPES = IS_POSIX
 
+# Opening a log never follows a symlink planted at its path (0 where the OS has no such flag).
+O_NOFOLLOW: int = getattr(os, "O_NOFOLLOW", 0)
+
 TAG_SESSION = "IPYPROCTRACK_SESSION"
 TAG_PROCESS = "IPYPROCTRACK_PROCESS"
 
@@ -94,6 +97,25 @@ def contain(pid: int) -> Containment | None:
     return None
 
 
+def owned_by_someone_else(st: os.stat_result) -> bool:
+    """Whether a file or directory (its ``os.stat``) belongs to another user than the one
+    we run as (POSIX owners; Windows ACLs are not checked: False)."""
+    return False
+
+
+def user_id() -> str:
+    """Who we run as, for a per-user directory name (the uid on POSIX)."""
+    import getpass
+
+    return getpass.getuser()
+
+
+def raise_open_file_limit() -> tuple[int, int] | None:
+    """Raise the soft limit of open files to the hard limit (POSIX RLIMIT_NOFILE); the
+    (soft, hard) limits after it, None where there is no such limit."""
+    return None
+
+
 def ps_table(*, with_tags: bool) -> PsTable | None:
     """Every visible process, from ``ps`` (POSIX without /proc). None where ``ps`` is
     missing or fails. Tags come from ``ps -E`` (the environment of the last exec; BSD and
@@ -116,12 +138,15 @@ if IS_WINDOWS:
     )
 else:
     from ._posix import (
+        owned_by_someone_else,
         popen_kwargs,
         ps_command,
         ps_table,
+        raise_open_file_limit,
         shell_argv,
         signal_group,
         signal_number,
+        user_id,
     )
 
     if IS_LINUX:
@@ -134,17 +159,21 @@ __all__ = (
     "IS_LINUX",
     "IS_POSIX",
     "IS_WINDOWS",
+    "O_NOFOLLOW",
     "TAG_PROCESS",
     "TAG_SESSION",
     "USE_KEEPER",
     "contain",
     "enlarge_pipe",
     "open_exit_waiter",
+    "owned_by_someone_else",
     "popen_kwargs",
     "ps_command",
     "ps_table",
+    "raise_open_file_limit",
     "set_subreaper",
     "shell_argv",
     "signal_group",
     "signal_number",
+    "user_id",
 )

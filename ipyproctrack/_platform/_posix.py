@@ -43,6 +43,32 @@ def signal_group(pgid: int, which: Signal) -> SendResult:
     return "sent"
 
 
+def owned_by_someone_else(st: os.stat_result) -> bool:
+    return st.st_uid != os.geteuid()
+
+
+def user_id() -> str:
+    return str(os.geteuid())
+
+
+def raise_open_file_limit() -> tuple[int, int] | None:
+    import resource  # only here: the keeper never needs it
+
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard and (hard == resource.RLIM_INFINITY or soft < hard):
+            # macOS refuses RLIM_INFINITY for files: OPEN_MAX is its real ceiling
+            target = hard if hard != resource.RLIM_INFINITY else max(soft, 10240)
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            except (ValueError, OSError):
+                return soft, hard
+            soft = target
+    except (ValueError, OSError):
+        return None
+    return soft, hard
+
+
 def _ps(*args: str) -> list[str] | None:
     import subprocess  # only here: the keeper's kill path must not pay for it on Linux
 

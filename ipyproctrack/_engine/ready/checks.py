@@ -6,8 +6,8 @@ A check never raises for "not yet": it returns False. ``wait.wait_until_ready`` 
 from __future__ import annotations
 
 import abc
+import asyncio
 import codecs
-import errno
 import inspect
 import ipaddress
 import logging
@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 # One attempt of a network check never takes longer than this (the deadline may cut it
 # shorter). Connections to a loopback port are refused or accepted at once.
 _ATTEMPT_TIMEOUT = 2.0
-_LOOPBACK_BLOCK = 0.05
 _WINDOW_CHARS = 64 * 1024
 _SEED_LINES = 2000
 _STREAMS = ("stdout", "stderr")
@@ -105,50 +104,25 @@ def _check_port_number(port: int) -> int:
 
 
 async def _connect(host: str, port: int) -> anyio.abc.SocketStream | None:
-    """One connection attempt. A plain non-blocking connect: a refused attempt costs
-    microseconds, where anyio.connect_tcp's happy-eyeballs machinery costs milliseconds
-    of the loop thread per try, and a readiness wait makes dozens of tries."""
+    """One connection attempt, made in a worker thread: name lookups and connects block,
+    and the drain loop must never wait for them (a slow check would stall every
+    process's output)."""
+    sock = await anyio.to_thread.run_sync(_connect_blocking, host, port,
+                                          abandon_on_cancel=True)
+    if sock is None:
+        return None
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_NUMERICHOST)
-    except socket.gaierror:  # a name, not an address: let anyio resolve it
-        try:
-            with anyio.fail_after(_ATTEMPT_TIMEOUT):
-                return await anyio.connect_tcp(host, port)
-        except (OSError, TimeoutError):
-            return None
-    family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        if _is_loopback(host):
-            # Loopback answers at once (accepted or refused): a connect that may block for
-            # a few milliseconds at most saves a wake of the loop per try.
-            sock.settimeout(_LOOPBACK_BLOCK)
-        else:
-            sock.setblocking(False)
-        err = sock.connect_ex(address)
-        sock.setblocking(False)
-        if err in (errno.EINPROGRESS, errno.EAGAIN, errno.EWOULDBLOCK):
-            with anyio.move_on_after(_ATTEMPT_TIMEOUT):
-                await anyio.wait_writable(sock)
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) or (
-                0 if _connected(sock) else errno.ETIMEDOUT
-            )
-        if err:
-            sock.close()
-            return None
         return await anyio.abc.SocketStream.from_socket(sock)
     except OSError:
         sock.close()
         return None
 
 
-def _connected(sock: socket.socket) -> bool:
+def _connect_blocking(host: str, port: int) -> socket.socket | None:
     try:
-        sock.getpeername()
+        return socket.create_connection((host, port), timeout=_ATTEMPT_TIMEOUT)
     except OSError:
-        return False
-    return True
+        return None
 
 
 class PortReady(ReadinessCheck):
@@ -348,9 +322,9 @@ class OutputReady(ReadinessCheck):
 
 
 class CallableReady(ReadinessCheck):
-    """Ready when ``fn()`` returns true. Sync callables run in a worker thread; an
-    exception counts as "not ready yet" (it is kept in ``last_error`` and chained to the
-    timeout error)."""
+    """Ready when ``fn()`` returns true. ``fn`` runs in a worker thread, sync or async
+    (an async one on an event loop of that thread); an exception counts as "not ready
+    yet" (it is kept in ``last_error`` and chained to the timeout error)."""
 
     def __init__(self, fn: Callable[[], bool] | Callable[[], Awaitable[bool]]) -> None:
         if not callable(fn):
@@ -364,18 +338,29 @@ class CallableReady(ReadinessCheck):
 
     async def check(self, proc: ProcessLike) -> bool:
         try:
-            if inspect.iscoroutinefunction(self.fn):
-                result: object = await self.fn()
-            else:
-                result = await anyio.to_thread.run_sync(self.fn, abandon_on_cancel=True)
-                if inspect.isawaitable(result):
-                    result = await result
+            result = await anyio.to_thread.run_sync(_call_to_the_end, self.fn,
+                                                    abandon_on_cancel=True)
         except Exception as exc:  # "not ready yet": kept, and chained to a timeout error
             log.debug("%s: %s raised %r", proc.name, self.describe(), exc)
             self.last_error = exc
             return False
         self.last_error = None
         return bool(result)
+
+
+def _call_to_the_end(fn: Callable[[], object]) -> object:
+    """Call ``fn`` in this worker thread; an awaitable result (``fn`` is async) runs to
+    its end here too, on an event loop of its own: user code never blocks the drain loop,
+    whatever it does."""
+    result = fn()
+    if inspect.isawaitable(result):
+        awaitable = result
+
+        async def until_done() -> object:
+            return await awaitable
+
+        result = asyncio.run(until_done())
+    return result
 
 
 def as_checks(
