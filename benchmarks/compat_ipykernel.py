@@ -108,7 +108,9 @@ def _suite(python: Path, src: Path, workdir: Path, *, loaded: bool, args: list[s
     junit = workdir / f"junit-{mode}.xml"
     env = {**os.environ, "IPYTHONDIR": str(ipdir), "IPYPROCTRACK_COMPAT_MARKS": str(marks)}
     env.pop("PYTHONPATH", None)
-    cmd = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+    # our pytest plugin stays out of both runs: only the IPython extension differs
+    cmd = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:ipyproctrack",
+           "-o", "addopts=",
            "-o", "asyncio_mode=auto",
            "-o", "asyncio_default_fixture_loop_scope=function", "--timeout=60",
            f"--junitxml={junit}", *args]

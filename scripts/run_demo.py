@@ -49,6 +49,12 @@ def _environ(pid: int) -> dict[str, str]:
         return {}
 
 
+def _has_new_tag(env: dict[str, str]) -> bool:
+    """A tag this script did not inherit: run from a tracked process (a ``%%tracked`` cell,
+    a test under the pytest plugin), the kernel inherits our tags and is not a leftover."""
+    return any(name in env and env[name] != os.environ.get(name) for name in TAG_VARIABLES)
+
+
 def demo_processes(mark: str, *, tagged_only: bool) -> dict[int, tuple[float, str]]:
     """Live processes carrying this run's mark (and a tag, if ``tagged_only``)."""
     found: dict[int, tuple[float, str]] = {}
@@ -58,7 +64,7 @@ def demo_processes(mark: str, *, tagged_only: bool) -> dict[int, tuple[float, st
         env = _environ(proc.pid)
         if env.get(RUN_VARIABLE) != mark:
             continue
-        if tagged_only and not any(name in env for name in TAG_VARIABLES):
+        if tagged_only and not _has_new_tag(env):
             continue
         try:
             if proc.status() == psutil.STATUS_ZOMBIE:
