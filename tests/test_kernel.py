@@ -158,8 +158,9 @@ def test_widget_updates_while_a_cell_blocks(shared: Kernel) -> None:
     print(f"{len(comm)} comm messages during a 3 s sleep; tail updates carried ticks {ticks}")
     assert len(tails) >= 5, f"only {len(tails)} tail updates in 3 s"
     assert ticks == sorted(ticks) and ticks[-1] - ticks[0] >= 15, ticks
-    # stderr is told apart from stdout in the tail
-    assert any('color:#c62828">warn' in v for _, v in tails)
+    # stderr is told apart from stdout in the tail: marked and muted, not error-red
+    assert any('title="stderr"' in v and 'color:#607d8b">warn' in v for _, v in tails)
+    assert not any("#c62828" in v for _, v in tails)
     # the last update carries output from the last second of the sleep (20 ticks/s)
     newest = shared.value("int(__import__('ipyproctrack')._notebook.get_process('ticker')"
                           ".tail(1).split()[1])")

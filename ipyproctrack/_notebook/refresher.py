@@ -97,6 +97,19 @@ class Refresher:
                 )
                 self._thread.start()
 
+    def release_replaced(self, name: str, proc: TrackedProcess) -> int:
+        """``proc`` is the newest launch of ``name``: every other widget of that name is
+        released (comms closed, process and tail dropped) and forgotten. Returns how many."""
+        with self._lock:
+            old = [w for w in self._widgets if w.spec.name == name and w.proc is not proc]
+            self._widgets = [w for w in self._widgets if w not in old]
+        for widget in old:
+            try:
+                widget.release(f"{widget.status_text()} (replaced by pid {proc.pid})")
+            except Exception:  # the new launch runs on; a stale widget must not undo it
+                self._report.failed(widget, f"releasing the widget of {name!r}")
+        return len(old)
+
     def stop(self, timeout: float = 1.0) -> bool:
         """Stop the thread; True once it has ended (no tick of it can run any more)."""
         self._stop.set()
@@ -149,15 +162,17 @@ class Refresher:
         for (widget, proc), st, ended in zip(targets, stats, exited, strict=True):
             widget.set_stats(proc, st, now, exited=ended)
 
-    def tick(self, *, force_stats: bool = False) -> int:
+    def tick(self, *, force_stats: bool = False, final: bool = False) -> int:
         """Push the changed parts of every widget, oldest-refreshed first, within budget.
         Returns how many parts it sent. Runs on the refresher thread only (or once that
-        thread has stopped): the budget and the widgets' sent state are not shared."""
+        thread has stopped): the budget and the widgets' sent state are not shared.
+        ``final``: the last tick of the session: no budget, no sampling."""
         now = time.monotonic()
         with self._lock:  # a settled widget stays listed: its Restart button revives it
             widgets = sorted((w for w in self._widgets if not w.settled),
                              key=lambda w: w.last_sent)
-        self._sample_due(widgets, now, force_stats)
+        if not final:
+            self._sample_due(widgets, now, force_stats)
         sent = 0
         for widget in widgets:
             try:  # one broken widget must not starve the others
@@ -167,7 +182,7 @@ class Refresher:
                 widget.last_sent = time.monotonic()  # to the back of the queue
                 continue
             for part, value in parts:
-                if not self.budget.try_take(time.monotonic()):
+                if not final and not self.budget.try_take(time.monotonic()):
                     self.deferred = True
                     return sent  # a widget cut short keeps its place at the front
                 try:
