@@ -283,7 +283,9 @@ def test_interrupting_a_readiness_wait_keeps_the_process(shared: Kernel) -> None
     shared.km.interrupt_kernel()
     result = shared.collect(msg_id, timeout=30)
     assert time.monotonic() - started < 5  # the wait stopped at once, not at its timeout
-    assert "KeyboardInterrupt" in (result.error or "") + result.stderr
+    # one short line says so, and that the server runs on: no traceback
+    assert result.error is not None and result.error.startswith("WaitInterrupted")
+    assert "stopped waiting for slowpoke; it is still running" in result.error
     state = shared.value(
         "[__import__('ipyproctrack').tracked('slowpoke').is_running(), "
         "__import__('ipyproctrack').tracked('slowpoke').state.phase.value]"
