@@ -137,3 +137,14 @@ def test_released_output_keeps_no_tail(tmp_path: Path) -> None:
         proc.release_output()
         assert proc.tail() == "" and proc.tail_chunks(raw=True) == []
         assert proc.log_path.read_text() == "hello\n"  # the log keeps it
+
+
+def test_an_hour_long_progress_bar_renders_its_last_update() -> None:
+    # about 1 MiB of one line rewritten 15 000 times: the render skips what was overwritten
+    bar = "".join(f"\r\x1b[32m{'#' * (i % 50):<50}\x1b[0m {i % 100:3d}%" for i in range(15000))
+    screen = Screen()
+    screen.feed("stderr", f"start\n{bar}\nend\n")
+    assert texts(screen) == ["start", f"{'#' * 49} {' 99%':>5}", "end"]
+    assert screen.result()[1][0] == Segment(f"{'#' * 49} ", Style(fg="#25bc24"), "stderr")
+    # a long line with no \r near its end is kept whole
+    assert plain_text("x" * 20000 + "\r" + "y" * 20000 + "\n") == "y" * 20000 + "\n"

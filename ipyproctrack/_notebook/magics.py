@@ -321,7 +321,8 @@ class ProcTrackMagics(Magics):
         The process runs in its own session, so "Interrupt kernel" never stops it, and its
         whole tree is torn down by %proctrack_cleanup, %unload_ext and every kernel ending.
         Running a cell again while NAME is alive stops the old tree, then starts the new
-        one. With a --wait-* option the cell blocks until the server is ready.
+        one. With a --wait-* option the cell blocks until the server is ready; "Interrupt
+        kernel" stops that wait (in one line), never the server.
         """
         session = self.session
         spec, no_widget = _launch_spec(line, cell, free_name=session.free_name)
