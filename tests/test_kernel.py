@@ -299,9 +299,14 @@ def test_an_idle_widget_sleeps_and_wakes_on_output(shared: Kernel) -> None:
     # Every wake costs kernel CPU, so a silent process's widget only moves its coarse clock
     # (at most every 5 s); new output still shows within a fraction of a second.
     shared.ok('%%tracked quietly\nsleep 6; echo "woke-up $(date +%s.%N)"; exec sleep 60\n')
+    # only this widget's messages count (an earlier test's widgets may still settle)
+    ours = set(shared.value(f"[m.model_id for w in {SESSION}.refresher.widgets "
+                            "if w.spec.name == 'quietly' for m in (w.header, w.tail, "
+                            "w.stop_button, w.restart_button)]"))
     to_wall = time.time() - time.monotonic()
     result = shared.ok("import time; time.sleep(9)")
-    updates = [(m["received"] + to_wall, json.dumps(m["content"])) for m in result.of("comm_msg")]
+    updates = [(m["received"] + to_wall, json.dumps(m["content"])) for m in result.of("comm_msg")
+               if m["content"]["comm_id"] in ours]
     woke = [(t, m) for t, c in updates if (m := re.search(r"woke-up (\d+\.\d+)", c))]
     assert woke, updates  # (the header shows the command too: match the printed time only)
     written = float(woke[0][1].group(1))
