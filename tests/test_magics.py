@@ -447,6 +447,10 @@ def test_widget_renders_state_tail_and_buttons(ip: InteractiveShell) -> None:
     wait_for(lambda: widget.proc is not proc and widget.phase == "attached")
     assert widget.proc is not None and widget.proc.returncode is None
     assert not widget.settled
+    # both clicks ran on the session's one click worker: no thread per click
+    names = [t.name for t in threading.enumerate()]
+    assert names.count("ipyproctrack-clicks") == 1 and session.clicks.thread is not None
+    assert not any(n.startswith(("ipyproctrack-stop", "ipyproctrack-restart")) for n in names)
 
 
 class _Ended:
