@@ -136,3 +136,31 @@ def http_status(port: int) -> int:
         return int(resp.status)
 
 
+
+
+# ----------------------------------------------------------------------------- soak
+
+#: One soak cycle's launch: ready at once, then idle until it is stopped.
+SOAK_CELL = "%%tracked soak --wait-output ready --timeout 20\necho ready; exec sleep 1000\n"
+#: The kernel's open file descriptors, OS threads and RSS, as one line.
+_PROBE = ("import psutil as _p; _me = _p.Process(); "
+          "print(_me.num_fds(), _me.num_threads(), _me.memory_info().rss)")
+
+
+def kernel_usage(kernel: Kernel) -> tuple[int, int, int]:
+    """(open fds, OS threads, RSS bytes) of the kernel, measured inside it."""
+    fds, threads, rss = (int(v) for v in kernel.ok(_PROBE).stdout.split())
+    return fds, threads, rss
+
+
+def soak_cycles(kernel: Kernel, cycles: int, every: int) -> list[tuple[int, int, int, int]]:
+    """``cycles`` start -> ready -> stop cycles of one name in ``kernel``; (cycle, fds,
+    threads, RSS) before the first and after every ``every``-th cycle."""
+    rows = [(0, *kernel_usage(kernel))]
+    for n in range(1, cycles + 1):
+        kernel.ok(SOAK_CELL)
+        out = kernel.ok("%proctrack_cleanup soak").text()
+        assert "all gone" in out, out
+        if n % every == 0:
+            rows.append((n, *kernel_usage(kernel)))
+    return rows

@@ -163,8 +163,9 @@ def test_widget_updates_while_a_cell_blocks(shared: Kernel) -> None:
     print(f"{len(comm)} comm messages during a 3 s sleep; tail updates carried ticks {ticks}")
     assert len(tails) >= 5, f"only {len(tails)} tail updates in 3 s"
     assert ticks == sorted(ticks) and ticks[-1] - ticks[0] >= 15, ticks
-    # stderr is told apart from stdout in the tail
-    assert any('color:#c62828">warn' in v for _, v in tails)
+    # stderr is told apart from stdout in the tail: marked and muted, not error-red
+    assert any('title="stderr"' in v and 'color:#607d8b">warn' in v for _, v in tails)
+    assert not any("#c62828" in v for _, v in tails)
     # the last update carries output from the last second of the sleep (20 ticks/s)
     newest = shared.value("int(__import__('ipyproctrack')._notebook.get_process('ticker')"
                           ".tail(1).split()[1])")
@@ -287,7 +288,9 @@ def test_interrupting_a_readiness_wait_keeps_the_process(shared: Kernel) -> None
     shared.km.interrupt_kernel()
     result = shared.collect(msg_id, timeout=30)
     assert time.monotonic() - started < 5  # the wait stopped at once, not at its timeout
-    assert "KeyboardInterrupt" in (result.error or "") + result.stderr
+    # one short line says so, and that the server runs on: no traceback
+    assert result.error is not None and result.error.startswith("WaitInterrupted")
+    assert "stopped waiting for slowpoke; it is still running" in result.error
     state = shared.value(
         "[__import__('ipyproctrack').tracked('slowpoke').is_running(), "
         "__import__('ipyproctrack').tracked('slowpoke').state.phase.value]"
@@ -301,9 +304,14 @@ def test_an_idle_widget_sleeps_and_wakes_on_output(shared: Kernel) -> None:
     # Every wake costs kernel CPU, so a silent process's widget only moves its coarse clock
     # (at most every 5 s); new output still shows within a fraction of a second.
     shared.ok('%%tracked quietly\nsleep 6; echo "woke-up $(date +%s.%N)"; exec sleep 60\n')
+    # only this widget's messages count (an earlier test's widgets may still settle)
+    ours = set(shared.value(f"[m.model_id for w in {SESSION}.refresher.widgets "
+                            "if w.spec.name == 'quietly' for m in (w.header, w.tail, "
+                            "w.stop_button, w.restart_button)]"))
     to_wall = time.time() - time.monotonic()
     result = shared.ok("import time; time.sleep(9)")
-    updates = [(m["received"] + to_wall, json.dumps(m["content"])) for m in result.of("comm_msg")]
+    updates = [(m["received"] + to_wall, json.dumps(m["content"])) for m in result.of("comm_msg")
+               if m["content"]["comm_id"] in ours]
     woke = [(t, m) for t, c in updates if (m := re.search(r"woke-up (\d+\.\d+)", c))]
     assert woke, updates  # (the header shows the command too: match the printed time only)
     written = float(woke[0][1].group(1))

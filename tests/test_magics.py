@@ -430,7 +430,9 @@ def test_widget_renders_state_tail_and_buttons(ip: InteractiveShell) -> None:
     refresh(session, widget)
     assert f"pid {proc.pid}" in widget.header.value and "running" in widget.header.value
     assert "1 proc ·" in widget.header.value
-    assert 'color:#c62828">err' in widget.tail.value and "out\n" in widget.tail.value
+    # stderr is marked and muted, never error-red (servers log to stderr as a rule)
+    assert 'title="stderr"' in widget.tail.value and "#c62828" not in widget.tail.value
+    assert 'color:#607d8b">err' in widget.tail.value and "out\n" in widget.tail.value
     assert not widget.stop_button.disabled
     assert repr(widget.view).startswith("wid: pid")
 
@@ -445,6 +447,10 @@ def test_widget_renders_state_tail_and_buttons(ip: InteractiveShell) -> None:
     wait_for(lambda: widget.proc is not proc and widget.phase == "attached")
     assert widget.proc is not None and widget.proc.returncode is None
     assert not widget.settled
+    # both clicks ran on the session's one click worker: no thread per click
+    names = [t.name for t in threading.enumerate()]
+    assert names.count("ipyproctrack-clicks") == 1 and session.clicks.thread is not None
+    assert not any(n.startswith(("ipyproctrack-stop", "ipyproctrack-restart")) for n in names)
 
 
 class _Ended:
@@ -460,7 +466,7 @@ class _Ended:
         self.output_done, self.output_version = False, 1
         self.chunks = [("stdout", "first\n")]
 
-    def tail_chunks(self, lines: int = 50) -> list[tuple[str, str]]:
+    def tail_chunks(self, lines: int = 50, *, raw: bool = False) -> list[tuple[str, str]]:
         return list(self.chunks)
 
 
@@ -537,6 +543,9 @@ class _BrokenHost:
 
     def wake(self) -> None:
         self.session.wake()
+
+    def submit(self, job: Any, what: str) -> bool:
+        return bool(self.session.submit(job, what))
 
 
 def test_refresher_reports_a_broken_widget_once_and_refreshes_the_others(

@@ -14,6 +14,8 @@ from .logfiles import RotatingLog
 __all__ = ["DROPPED", "STDERR", "STDOUT", "Deliveries", "OutputChunk", "OutputSink",
            "RotatingLog"]
 
+from .terminal import plain_runs
+
 log = logging.getLogger(__name__)
 
 STDOUT = "stdout"
@@ -225,14 +227,26 @@ class OutputSink:
                 log.exception("output subscriber %r failed", sub.callback)
         return sub.done
 
-    def tail_chunks(self, lines: int = 50, *, stream: str | None = None) -> list[tuple[str, str]]:
-        """The last ``lines`` lines as (stream, text) runs, oldest first."""
+    def release_tail(self) -> None:
+        """Drop the in-memory tail for good (the log keeps every byte): for an ended
+        process that was replaced, which nobody shows any more. Later output goes to the
+        log only."""
+        with self._lock:
+            # a zero-length deque: feed()'s append keeps nothing, and no line is counted
+            self._tail = deque(maxlen=0)
+            self._tail_size = 0
+
+    def tail_chunks(
+        self, lines: int = 50, *, stream: str | None = None, raw: bool = False
+    ) -> list[tuple[str, str]]:
+        """The last ``lines`` lines as (stream, text) runs, oldest first, as a terminal
+        shows them (``\\r`` applied, escape sequences removed); ``raw``: as written."""
         with self._lock:
             self._trim_lines()
-            raw = [(s, d) for s, d in self._tail if stream is None or s == stream]
+            reads = [(s, d) for s, d in self._tail if stream is None or s == stream]
         # Merge neighbouring reads of one stream, so a character split across reads decodes.
         runs: list[tuple[str, bytearray]] = []
-        for s, d in raw:
+        for s, d in reads:
             if runs and runs[-1][0] == s:
                 runs[-1][1].extend(d)
             else:
@@ -252,11 +266,13 @@ class OutputSink:
                 if seen == lines:
                     cut = pos + 1
                     break
-            out.append((s, _shorten_lines(text[cut:] if cut is not None else text)))
+            out.append((s, text[cut:] if cut is not None else text))
             if cut is not None:
                 break
         out.reverse()
-        return [(s, t) for s, t in out if t]
+        if not raw:
+            out = plain_runs(out)
+        return [(s, _shorten_lines(t)) for s, t in out if t]
 
     def tail(self, lines: int = 50, *, stream: str | None = None) -> str:
         return "".join(text for _, text in self.tail_chunks(lines, stream=stream))

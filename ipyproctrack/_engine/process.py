@@ -146,12 +146,19 @@ class TrackedProcess:
         return self._sink.log.files()
 
     def tail(self, lines: int = 50, *, stream: str | None = None) -> str:
-        """The last ``lines`` lines of output (stdout and stderr interleaved, or one stream)."""
+        """The last ``lines`` lines of output (stdout and stderr interleaved, or one stream),
+        as a terminal shows them: ``\\r`` overwrites its line, escape sequences are gone."""
         return self._sink.tail(lines, stream=stream)
 
-    def tail_chunks(self, lines: int = 50) -> list[tuple[str, str]]:
-        """The last lines as (stream, text) runs, oldest first: for telling stderr apart."""
-        return self._sink.tail_chunks(lines)
+    def tail_chunks(self, lines: int = 50, *, raw: bool = False) -> list[tuple[str, str]]:
+        """The last lines as (stream, text) runs, oldest first: for telling stderr apart.
+        As a terminal shows them (``\\r`` applied, escapes removed); ``raw``: as written."""
+        return self._sink.tail_chunks(lines, raw=raw)
+
+    def release_output(self) -> None:
+        """Drop the in-memory tail (the log on disk keeps every byte): an ended process
+        that was replaced keeps no output in memory. tail() is empty afterwards."""
+        self._sink.release_tail()
 
     def subscribe(self, callback: Callable[[list[OutputChunk]], None]) -> Callable[[], None]:
         """Call ``callback`` with batches of new output, on a thread of its own.

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from .session import NotebookSession
 
-__all__ = ["ProcTrackMagics", "parse_env"]
+__all__ = ["ProcTrackMagics", "WaitInterrupted", "parse_env"]
 
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 # One shell word, quotes kept, at a position (for splitting off leading options).
@@ -246,6 +246,24 @@ def _launch_spec(
     return spec, bool(args.no_widget)
 
 
+class WaitInterrupted(KeyboardInterrupt):
+    """"Interrupt kernel" during a launch: the cell stops (so "Run all" stops too), and
+    IPython shows this one line instead of a traceback through threading internals."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [str(self)]
+
+
+def _interrupted(
+    name: str, before: TrackedProcess | None, now: TrackedProcess | None
+) -> WaitInterrupted:
+    """What an interrupted launch of ``name`` says: whether its process runs on."""
+    if now is not None and now is not before and now.returncode is None:
+        return WaitInterrupted(f"stopped waiting for {name}; it is still running "
+                               f"(pid {now.pid}); %proctrack_cleanup {name} stops it")
+    return WaitInterrupted(f"interrupted before {name} started")
+
+
 # ----------------------------------------------------------------------------- magics
 
 
@@ -303,18 +321,23 @@ class ProcTrackMagics(Magics):
         The process runs in its own session, so "Interrupt kernel" never stops it, and its
         whole tree is torn down by %proctrack_cleanup, %unload_ext and every kernel ending.
         Running a cell again while NAME is alive stops the old tree, then starts the new
-        one. With a --wait-* option the cell blocks until the server is ready.
+        one. With a --wait-* option the cell blocks until the server is ready; "Interrupt
+        kernel" stops that wait (in one line), never the server.
         """
         session = self.session
         spec, no_widget = _launch_spec(line, cell, free_name=session.free_name)
-        if session.widgets_enabled and not no_widget:
+        before = session.launched(spec.name)
+        try:
+            if session.widgets_enabled and not no_widget:
+                with _usage_errors(launching=True):
+                    session.launch_in_widget(spec)
+                return
+            if spec.ready:
+                print(f"{spec.name}: starting, waiting for {spec.describe_ready()}…", flush=True)
             with _usage_errors(launching=True):
-                session.launch_in_widget(spec)
-            return
-        if spec.ready:
-            print(f"{spec.name}: starting, waiting for {spec.describe_ready()}…", flush=True)
-        with _usage_errors(launching=True):
-            proc = session.launch(spec)
+                proc = session.launch(spec)
+        except KeyboardInterrupt:
+            raise _interrupted(spec.name, before, session.launched(spec.name)) from None
         print(status_line(proc), flush=True)
 
     # ------------------------------------------------------------------ %proctrack

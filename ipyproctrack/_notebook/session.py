@@ -26,6 +26,7 @@ from .spec import LaunchSpec
 from .stats import TreeSampler, TreeStats, sample_trees
 from .views import failure_text
 from .widget import ProcessWidget, has_widget_frontend
+from .worker import ClickWorker
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
@@ -59,6 +60,7 @@ class NotebookSession:
         #: the launch of each name, for the Restart button and the grace of a replace
         self.specs: dict[str, LaunchSpec] = {}
         self.hooks = KernelEndHooks(self.kernel_end_teardown)
+        self.clicks = ClickWorker()  # the one thread that runs Stop and Restart clicks
         self.closed = False
 
     @property
@@ -116,11 +118,17 @@ class NotebookSession:
         the grace it was started with. ``on_launched`` sees the process before any
         readiness wait."""
         old = self.specs.get(spec.name)
+        previous = self.launched(spec.name)
 
         def launched(proc: TrackedProcess) -> None:
             self.specs[spec.name] = spec
             if on_launched is not None:
                 on_launched(proc)
+            # the replaced launch is gone from the registry: nobody shows it any more, so
+            # it keeps no tail (its log stays on disk) and its widgets close
+            if previous is not None and previous is not proc:
+                previous.release_output()
+            self.refresher.release_replaced(spec.name, proc)
 
         return self.tracker.start(
             spec.command,
@@ -144,6 +152,7 @@ class NotebookSession:
         display: Callable[..., Any] = _display
         widget = ProcessWidget(self, spec)
         handle = display(widget.view, display_id=True)
+        widget.handle = handle
         self.add_widget(widget)
         before = self.launched(spec.name)
         try:
@@ -175,6 +184,9 @@ class NotebookSession:
     def wake(self) -> None:
         self.refresher.wake.set()
 
+    def submit(self, job: Callable[[], object], what: str) -> bool:
+        return self.clicks.submit(job, what)
+
     def stop_process(self, proc: TrackedProcess, grace: float | None) -> None:
         proc.stop(grace=self.grace(grace))
 
@@ -191,6 +203,7 @@ class NotebookSession:
             was_closed, self.closed = self.closed, True
             tracker = self._tracker
         self.hooks.uninstall()
+        self.clicks.close()
         # The refresher thread ends first: the final tick below must be the only one.
         stopped = self.refresher.stop()
         report = tracker.close(grace=self.grace(grace)) if tracker is not None else None
@@ -201,6 +214,22 @@ class NotebookSession:
                 log.exception("the final widget refresh failed")
         return None if was_closed else report
 
+    def show_kernel_end(self, reason: str = "kernel shut down", *, timeout: float = 0.5) -> bool:
+        """Every live widget shows ``stopped: reason`` with its buttons disabled, and the
+        messages leave the kernel before it exits (the page must not show a green
+        "running" for a process that is gone). False if that could not be done in time."""
+        if not self.refresher.stop(timeout=timeout):
+            log.warning("the widget refresher is still busy; the widgets keep their state")
+            return False
+        for widget in self.refresher.widgets:
+            widget.end(reason)
+        try:
+            self.refresher.tick(final=True)
+        except Exception:  # the teardown is done; a stale widget must not undo that
+            log.exception("the final widget refresh failed")
+            return False
+        return _flush_iopub(getattr(self.shell, "kernel", None), timeout)
+
     def kernel_end_teardown(self, trigger: str = "kernel end", inline: bool = False) -> None:
         """The kernel is ending: tear down fast (within about 2 s), never raise.
 
@@ -210,6 +239,7 @@ class NotebookSession:
         with self._lock:
             self.closed = True
             tracker = self._tracker
+        self.clicks.close()
         self.refresher.stop(timeout=0.2)
         if tracker is None:
             return
@@ -223,11 +253,29 @@ class NotebookSession:
             report = tracker.cleanup(grace=grace) if inline else tracker.close(grace=grace)
         except Exception:  # the engine's teardown reports; this is a bug, and the end goes on
             log.exception("the kernel-end teardown (%s) failed", trigger)
+        if not inline and self.widgets_enabled:
+            self.show_kernel_end(timeout=max(0.05, min(0.5, KERNEL_END_BUDGET - 0.2
+                                                      - (time.monotonic() - started))))
         took = time.monotonic() - started
         try:
             _write_record(tracker, trigger, inline, grace, took, report)
         except OSError as exc:
             log.warning("cannot write the kernel-end record: %s", exc)
+
+
+def _flush_iopub(kernel: Any, timeout: float) -> bool:
+    """Wait until ipykernel's IOPub thread has sent everything queued before this call
+    (it runs its queue in order); True once it has, or when there is no such thread."""
+    iopub = getattr(kernel, "iopub_thread", None)
+    if iopub is None:
+        return True
+    done = threading.Event()
+    try:
+        iopub.schedule(done.set)
+    except Exception as exc:  # the kernel is ending: its sockets may be closed already
+        log.warning("cannot flush the widget messages: %s", exc)
+        return False
+    return done.wait(timeout)
 
 
 def _update_display(handle: Any, widget: ProcessWidget) -> None:

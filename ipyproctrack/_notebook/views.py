@@ -8,10 +8,12 @@ Every process state is worded by ``ProcessState.describe()`` and coloured by its
 from __future__ import annotations
 
 import html
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ipyproctrack._engine.state import Phase, ProcessState
+from ipyproctrack._engine.terminal import PLAIN, Screen, Segment, lines_html
 from ipyproctrack.errors import ProcTrackError
 
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ __all__ = [
     "format_bytes",
     "format_clock",
     "format_duration",
+    "format_start",
     "shorten_command",
     "status_line",
     "tail_box_html",
@@ -36,14 +39,20 @@ __all__ = [
     "tail_text",
 ]
 
-#: Colour of stderr text in HTML tails, and of errors.
-STDERR_COLOR = "#c62828"
+#: Colour of errors (failed launches, survivors of a cleanup).
+ERROR_COLOR = "#c62828"
+#: stderr text in HTML tails: muted, not red (http.server's access log is no error).
+STDERR_STYLE = "color:#607d8b"
+#: The start of a line written to stderr: a thin grey bar.
+STDERR_MARKER = (
+    '<span title="stderr" style="border-left:2px solid #90a4ae;margin-right:4px"></span>'
+)
 #: At most this many characters of a tail are rendered (the newest ones).
 MAX_TAIL_CHARS = 16_000
 #: Lines longer than this are shortened in the middle.
 MAX_LINE_CHARS = 2_000
 
-_GREEN, _AMBER, _GREY, _RED = "#2e7d32", "#f9a825", "#616161", STDERR_COLOR
+_GREEN, _AMBER, _GREY, _RED = "#2e7d32", "#f9a825", "#616161", ERROR_COLOR
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -58,6 +67,16 @@ def format_clock(seconds: float) -> str:
     if seconds < 3600:
         return f"{int(seconds) // 60} min"
     return format_duration(seconds)
+
+
+def format_start(started_at: float, now: float | None = None) -> str:
+    """When a process started, in local time: ``14:03:12``; ``Nov 29 14:03`` on an
+    earlier day."""
+    now = time.time() if now is None else now
+    start = time.localtime(started_at)
+    if time.strftime("%Y%m%d", start) == time.strftime("%Y%m%d", time.localtime(now)):
+        return time.strftime("%H:%M:%S", start)
+    return time.strftime("%b %d %H:%M", start)
 
 
 def format_duration(seconds: float) -> str:
@@ -141,45 +160,61 @@ def badge_html(state: ProcessState, *, text: str | None = None) -> str:
     )
 
 
-def _clip_line(line: str) -> str:
-    if len(line) <= MAX_LINE_CHARS:
-        return line
+def _clip_line(line: list[Segment], width: int) -> list[Segment]:
+    """A line longer than MAX_LINE_CHARS keeps its start and end, with a note between."""
     half = MAX_LINE_CHARS // 2
-    return f"{line[:half]} …[{len(line) - MAX_LINE_CHARS} chars]… {line[-half:]}"
-
-
-def _clip_chunks(chunks: Sequence[tuple[str, str]], max_chars: int) -> list[tuple[str, str]]:
-    """Keep the newest ``max_chars`` characters, long lines shortened in the middle."""
-    out: list[tuple[str, str]] = []
-    total = 0
-    for stream, text in reversed(chunks):
-        if len(text) > MAX_LINE_CHARS:
-            text = "\n".join(_clip_line(line) for line in text.split("\n"))
-        if total + len(text) > max_chars:
-            keep = max_chars - total
-            if keep > 0:
-                out.append((stream, text[-keep:]))
+    head: list[Segment] = []
+    n = 0
+    for seg in line:
+        if n >= half:
             break
-        out.append((stream, text))
-        total += len(text)
+        head.append(seg if n + len(seg.text) <= half else seg._replace(text=seg.text[: half - n]))
+        n += len(seg.text)
+    tail: list[Segment] = []
+    n = 0
+    for seg in reversed(line):
+        if n >= half:
+            break
+        size = len(seg.text)
+        tail.append(seg if n + size <= half else seg._replace(text=seg.text[size - (half - n) :]))
+        n += size
+    note = Segment(f" …[{width - 2 * half} chars]… ", PLAIN, line[0].stream)
+    return [*head, note, *reversed(tail)]
+
+
+def _screen_lines(chunks: Sequence[tuple[str, str]], max_chars: int) -> list[list[Segment]]:
+    """Raw (stream, text) runs as terminal lines: the newest ``max_chars`` characters,
+    long lines shortened in the middle."""
+    screen = Screen()
+    for stream, text in chunks:
+        screen.feed(stream, text)
+    lines = screen.result()
+    out: list[list[Segment]] = []
+    total = 0
+    for line in reversed(lines):
+        width = sum(len(seg.text) for seg in line)
+        if width > MAX_LINE_CHARS:
+            line, width = _clip_line(line, width), MAX_LINE_CHARS
+        if total + width > max_chars:
+            break
+        out.append(line)
+        total += width + 1
     out.reverse()
     return out
 
 
 def tail_html(chunks: Sequence[tuple[str, str]], *, max_chars: int = MAX_TAIL_CHARS) -> str:
-    """Render ``[(stream, text)]`` as the inside of a ``<pre>``; stderr in red."""
-    pieces: list[str] = []
-    for stream, text in _clip_chunks(chunks, max_chars):
-        escaped = html.escape(text)
-        if stream == "stderr":
-            pieces.append(f'<span style="color:{STDERR_COLOR}">{escaped}</span>')
-        else:
-            pieces.append(escaped)
-    return "".join(pieces)
+    """Render raw ``[(stream, text)]`` as the inside of a ``<pre>``, as a terminal shows
+    it: ``\\r`` applied, SGR colours as spans, stderr muted and marked (not red: servers
+    log to stderr as a matter of course)."""
+    return lines_html(_screen_lines(chunks, max_chars), stderr_style=STDERR_STYLE,
+                      stderr_marker=STDERR_MARKER)
 
 
 def tail_text(chunks: Sequence[tuple[str, str]], *, max_chars: int = MAX_TAIL_CHARS) -> str:
-    return "".join(text for _, text in _clip_chunks(chunks, max_chars))
+    """Render raw ``[(stream, text)]`` as plain text, as a terminal shows it."""
+    lines = _screen_lines(chunks, max_chars)
+    return "".join("".join(seg.text for seg in line) + "\n" for line in lines)
 
 
 def tail_box_html(inner: str) -> str:
@@ -309,7 +344,7 @@ class CleanupView:
     def _repr_html_(self) -> str:
         lines = self.summary()
         ok = self.report is None or self.report.ok
-        color = "inherit" if ok else STDERR_COLOR
+        color = "inherit" if ok else ERROR_COLOR
         body = "".join(
             f'<div style="color:{color};font-family:var(--jp-code-font-family,monospace)">'
             f"{html.escape(line)}</div>"
@@ -333,7 +368,7 @@ class LogsView:
         self.path = str(proc.log_path)
         self.log_error = proc.log_error  # shown instead of the path when there is no log
         self.state = proc.state
-        self.chunks = proc.tail_chunks(lines)
+        self.chunks = proc.tail_chunks(lines, raw=True)  # rendered as a terminal shows it
 
     def __repr__(self) -> str:
         text = tail_text(self.chunks, max_chars=1 << 20).rstrip("\n")

@@ -26,11 +26,12 @@ from ipyproctrack.errors import ProcTrackError
 
 from .stats import EMPTY_STATS, TreeStats
 from .views import (
-    STDERR_COLOR,
+    ERROR_COLOR,
     badge_html,
     first_line,
     format_bytes,
     format_clock,
+    format_start,
     shorten_command,
     status_line,
     tail_box_html,
@@ -85,6 +86,9 @@ class WidgetHost(Protocol):
     def wake(self) -> None:
         """Something changed: let the refresher tick now instead of at its idle pace."""
 
+    def submit(self, job: Callable[[], object], what: str) -> bool:
+        """Run a click's ``job`` on the session's one button worker."""
+
 
 class MessageBudget:
     """A sliding one-second window of sent widget messages."""
@@ -111,6 +115,7 @@ class WidgetPhase(enum.StrEnum):
     ATTACHED = "attached"  # shows its process
     FAILED = "failed"  # the launch failed (a process it did start keeps its pid and tail)
     RESTARTING = "restarting"  # the Restart button was clicked; no new process yet
+    RELEASED = "released"  # replaced by a newer launch of its name: closed, holds nothing
 
 
 @functools.cache
@@ -150,6 +155,8 @@ class ProcessWidget:
         self._tree_gone = False  # a sample taken after the root exited found no process
         self._tail_key: tuple[int, int] | None = None
         self._tail_value = ""
+        self.ended = ""  # why the kernel ended: the final state, buttons disabled
+        self.handle: Any = None  # the display handle, for the text left behind on release
 
         self.header = ipywidgets.HTML(value=self._header_html(time.monotonic()))
         self.stop_button = ipywidgets.Button(
@@ -173,12 +180,15 @@ class ProcessWidget:
             "header": self.header.value,
             "tail": self.tail.value,
             "stop_disabled": True,
+            "restart_disabled": False,
         }
 
     # ------------------------------------------------------------------ state changes
 
     def attach(self, proc: TrackedProcess) -> None:
         with self._lock:
+            if self.phase is WidgetPhase.RELEASED:
+                return
             self.proc = proc
             self.phase = WidgetPhase.ATTACHED
             self.error = ""
@@ -192,30 +202,57 @@ class ProcessWidget:
     def fail(self, message: str) -> None:
         """Show a failed launch; a process it did start keeps its pid, tail and end."""
         with self._lock:
+            if self.phase is WidgetPhase.RELEASED:
+                return
             self.phase = WidgetPhase.FAILED
             self.error = message
             self.settled = False
         self.host.wake()
 
+    def end(self, reason: str) -> None:
+        """The kernel is ending: show ``stopped: reason`` with every button disabled."""
+        with self._lock:
+            if self.phase is WidgetPhase.RELEASED:
+                return
+            self.ended = reason
+            self.settled = False
+            self._stats = EMPTY_STATS
+            self._tree_gone = True
+
+    def release(self, text: str) -> None:
+        """A newer launch of this name took over: leave ``text`` where the widget was
+        shown, close every comm of the widget and drop the process and its tail."""
+        with self._lock:
+            self.phase = WidgetPhase.RELEASED
+            self.proc = None
+            self.settled = True
+            self._stats = EMPTY_STATS
+            self._tail_key, self._tail_value = None, ""
+            self._sent = {}
+        if self.handle is not None:
+            try:  # a no-op where the cell was re-run: its old output is gone already
+                self.handle.update({"text/plain": text}, raw=True)
+            except Exception:  # the frontend may be gone; the release goes on
+                log.warning("cannot update the display of %r", self.spec.name, exc_info=True)
+            self.handle = None
+        _close_tree(self.view)
+
     def _on_stop(self, _button: Any) -> None:
         proc = self.proc
-        if proc is None:
+        if proc is None or self.ended:
             return
-        threading.Thread(
-            target=self.host.stop_process, args=(proc, self.spec.grace),
-            name=f"ipyproctrack-stop-{self.spec.name}", daemon=True,
-        ).start()
+        self.host.submit(functools.partial(self.host.stop_process, proc, self.spec.grace),
+                         f"the Stop click of {self.spec.name!r}")
 
     def _on_restart(self, _button: Any) -> None:
         with self._lock:
-            if self.phase not in (WidgetPhase.ATTACHED, WidgetPhase.FAILED):
-                return  # still starting, or already restarting
+            if self.phase not in (WidgetPhase.ATTACHED, WidgetPhase.FAILED) or self.ended:
+                return  # still starting, already restarting, or the kernel is ending
             self.phase = WidgetPhase.RESTARTING
             self.settled = False
         self.host.wake()
-        threading.Thread(
-            target=self._restart, name=f"ipyproctrack-restart-{self.spec.name}", daemon=True
-        ).start()
+        if not self.host.submit(self._restart, f"the Restart click of {self.spec.name!r}"):
+            self.fail("restart failed: the session is closed")
 
     def _restart(self) -> None:
         try:  # attached once the process exists: live while a readiness check waits
@@ -240,6 +277,8 @@ class ProcessWidget:
         return status_line(proc, full=False)
 
     def _badge(self, now: float) -> str:
+        if self.ended:
+            return badge_html(ProcessState(Phase.STOPPED), text=f"stopped: {self.ended}")
         if self.phase is WidgetPhase.FAILED:
             return badge_html(ProcessState(Phase.FAILED))
         if self.phase is WidgetPhase.RESTARTING:
@@ -256,8 +295,9 @@ class ProcessWidget:
             parts.append(f"pid {proc.pid}")
         parts.append(self._badge(now))
         st = self._stats
-        if proc is not None and (proc.returncode is None or st.count):
-            parts.append(f"up {format_clock(time.time() - proc.started_at)}")
+        if proc is not None and not self.ended and (proc.returncode is None or st.count):
+            # a start time, not a ticking uptime: an idle widget then sends nothing
+            parts.append(f"since {format_start(proc.started_at)}")
         if st.count:
             parts.append(f"{st.count} proc{'s' if st.count != 1 else ''}")
             parts.append(f"CPU {st.cpu_text()}")
@@ -265,7 +305,7 @@ class ProcessWidget:
             parts.append(f"ports {html.escape(st.ports_text())}")
         sub = ""
         if self.phase is WidgetPhase.FAILED and self.error:
-            sub = f'<div style="color:{STDERR_COLOR}">{html.escape(self.error)}</div>'
+            sub = f'<div style="color:{ERROR_COLOR}">{html.escape(self.error)}</div>'
         elif proc is not None:
             where = (html.escape(proc.log_error) if proc.log_error  # "no log: …"
                      else f"log <code>{html.escape(str(proc.log_path))}</code>")
@@ -286,7 +326,7 @@ class ProcessWidget:
             return self._sent["tail"] if self._tail_key is None else self._tail_value
         key = (id(proc), proc.output_version)
         if key != self._tail_key:
-            chunks = proc.tail_chunks(self.host.config.tail_lines)
+            chunks = proc.tail_chunks(self.host.config.tail_lines, raw=True)
             self._tail_value = tail_box_html(tail_html(chunks))
             self._tail_key = key
         return self._tail_value
@@ -328,15 +368,19 @@ class ProcessWidget:
             # read before the tail is built: once True, that tail holds the last bytes
             drained = proc is not None and proc.output_done
             finished = proc is not None and proc.returncode is not None and self._tree_gone
+            if self.phase is WidgetPhase.RELEASED:
+                return []
             wanted = {
                 "header": self._header_html(now),
                 "tail": self._tail_html(),
-                "stop_disabled": proc is None or finished
+                "stop_disabled": proc is None or finished or bool(self.ended)
                 or self.phase is not WidgetPhase.ATTACHED,
+                "restart_disabled": bool(self.ended),
             }
         out = [(k, v) for k, v in wanted.items() if self._sent.get(k) != v]
         # settled once the end is shown: return code, an empty tree and every last line
-        ended = (proc is None and self.phase is WidgetPhase.FAILED) or (finished and drained)
+        ended = (proc is None and self.phase is WidgetPhase.FAILED) or (finished and drained) \
+            or bool(self.ended)
         if not out and ended and self.phase in (WidgetPhase.ATTACHED, WidgetPhase.FAILED):
             self.settled = True
         return out
@@ -349,4 +393,17 @@ class ProcessWidget:
             self.tail.value = value
         elif part == "stop_disabled":
             self.stop_button.disabled = value
+        elif part == "restart_disabled":
+            self.restart_button.disabled = value
         self._sent[part] = value
+
+
+def _close_tree(widget: Any) -> None:
+    """Close ``widget``, its children and their layouts and styles: each is a widget with
+    a comm of its own, kept alive by ipywidgets until it is closed."""
+    for child in getattr(widget, "children", ()):
+        _close_tree(child)
+    for part in (getattr(widget, "layout", None), getattr(widget, "style", None)):
+        if part is not None:
+            part.close()
+    widget.close()
