@@ -143,7 +143,11 @@ def http_status(port: int) -> int:
 #: One soak cycle's launch: ready at once, then idle until it is stopped.
 SOAK_CELL = "%%tracked soak --wait-output ready --timeout 20\necho ready; exec sleep 1000\n"
 #: The kernel's open file descriptors, OS threads and RSS, as one line.
-_PROBE = ("import psutil as _p; _me = _p.Process(); "
+# Free memory that glibc's malloc keeps cached is not a leak: collect, hand it back to the
+# OS (malloc_trim), then read RSS, so the figure reflects what is really held.
+_PROBE = ("import gc as _gc, ctypes as _c, psutil as _p; _gc.collect()\n"
+          "try:\n    _c.CDLL(None).malloc_trim(0)\nexcept (OSError, AttributeError):\n    pass\n"
+          "_me = _p.Process(); "
           "print(_me.num_fds(), _me.num_threads(), _me.memory_info().rss)")
 
 
