@@ -32,9 +32,10 @@ from .._proc.teardown import CleanupReport, run_teardown
 from ..errors import LaunchError, NameInUseError, TrackerClosedError, UnknownProcessError
 from .launch import argv_of, check_executable, checked_cwd, child_env, spawn_root
 from .loop import Loop
+from .metrics import MetricsSampler
 from .naming import base_name, file_stem, free_name
 from .output import OutputSink, RotatingLog
-from .ports import check_port_free, port_holder
+from .ports import bind_port, check_port_free, port_holder, resolve_port, with_port
 from .process import TrackedProcess
 from .ready import as_checks
 from .state import Phase
@@ -94,10 +95,15 @@ class Tracker(AbstractContextManager["Tracker"]):
         log_max_bytes: int = 50 * 2**20,
         log_backups: int = 10,
         on_change: Callable[[], None] | None = None,
+        metrics_interval: float | None = 1.0,
+        metrics_keep: float = 3600.0,
     ) -> None:
         """``on_change`` is called, from the drain thread, whenever a tracked process writes
         output, exits or becomes ready: a cheap wake-up for a display (the widgets use it
-        to sleep while nothing happens). It must not block."""
+        to sleep while nothing happens). It must not block. Every ``metrics_interval``
+        seconds (None: never) one thread samples every tree's CPU and RSS and keeps the
+        last ``metrics_keep`` seconds of each (``TrackedProcess.metrics()``)."""
+        self._metrics = MetricsSampler(metrics_interval, metrics_keep)
         self._on_change = on_change
         self.session_tag = f"{os.getpid()}-{secrets.token_hex(6)}"
         if log_dir is None:
@@ -175,6 +181,7 @@ class Tracker(AbstractContextManager["Tracker"]):
         ready: ReadySpec = None,
         ready_timeout: float = 30.0,
         on_launched: Callable[[TrackedProcess], None] | None = None,
+        port: int | str | None = None,
     ) -> TrackedProcess:
         """Start ``command`` in its own session, tagged, with its output drained at once.
 
@@ -182,19 +189,27 @@ class Tracker(AbstractContextManager["Tracker"]):
         runs is a NameInUseError, unless ``replace=True`` stops that tree first (with
         ``replace_grace``, default the Tracker's grace). ``on_launched(proc)`` runs once the
         process exists, before any readiness wait. With ``ready``, block until the checks
-        pass (see wait_ready). Raises LaunchError before anything runs when the command,
-        its directory or the name cannot be used."""
+        pass (see wait_ready). ``port``: "auto" (a free 127.0.0.1 port) or a number, put
+        in the environment as PORT and in place of ``{port}`` in the command and in the
+        ``ready`` checks (``HttpReady("http://127.0.0.1:{port}/")``); ``proc.port``.
+        Raises LaunchError before anything runs when the command, its directory, the name
+        or the port cannot be used."""
+        port_number = resolve_port(port)
+        if port_number is not None:
+            command = with_port(command, port_number)
+            env = {**(env or {}), "PORT": str(port_number)}
         argv, display = argv_of(command)
         workdir = checked_cwd(cwd)
         full_env = child_env(env, session_tag=self.session_tag)
         check_executable(command, argv, full_env, workdir)
-        checks = as_checks(ready)
+        checks = bind_port(as_checks(ready), port_number)
         with self._start_lock:
             self._check_open()
             name = self._name_to_launch(name, command, replace=replace, replace_grace=replace_grace)
             self._check_ports(checks)
             proc = self._launch(argv, display, name=name, cwd=workdir, env=full_env,
                                 checks=checks)
+            proc.port = port_number
         if on_launched is not None:
             on_launched(proc)
         if checks:
@@ -219,12 +234,13 @@ class Tracker(AbstractContextManager["Tracker"]):
         ready: ReadySpec = None,
         ready_timeout: float = 30.0,
         on_launched: Callable[[TrackedProcess], None] | None = None,
+        port: int | str | None = None,
     ) -> TrackedProcess:
         """start() on a worker thread, so the caller's event loop keeps running."""
         return await anyio.to_thread.run_sync(
             partial(self.start, command, name=name, cwd=cwd, env=env, replace=replace,
                     replace_grace=replace_grace, ready=ready, ready_timeout=ready_timeout,
-                    on_launched=on_launched)
+                    on_launched=on_launched, port=port)
         )
 
     def _name_to_launch(
@@ -292,6 +308,7 @@ class Tracker(AbstractContextManager["Tracker"]):
             proc.stop()
             raise
         self._supervise(proc)
+        self._metrics.track(proc)
         return proc
 
     def _supervise(self, proc: TrackedProcess) -> None:
@@ -386,6 +403,7 @@ class Tracker(AbstractContextManager["Tracker"]):
         deadline = time.monotonic() + 1.0
         for p in self.processes():
             p._drained.wait(max(0.0, deadline - time.monotonic()))
+        self._metrics.stop()  # a last sample, and every remaining metrics CSV
         try:
             self._loop.stop()
         except Exception as exc:  # closing must not raise; say what went wrong

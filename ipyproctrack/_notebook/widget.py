@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ipyproctrack._engine.state import Phase, ProcessState
 from ipyproctrack.errors import ProcTrackError
 
+from .sparkline import SPARK_SECONDS, sparklines_html
 from .stats import EMPTY_STATS, TreeStats
 from .views import (
     STDERR_COLOR,
@@ -263,6 +264,9 @@ class ProcessWidget:
             parts.append(f"CPU {st.cpu_text()}")
             parts.append(f"RSS {format_bytes(st.rss)}")
             parts.append(f"ports {html.escape(st.ports_text())}")
+        spark = sparklines_html(proc.metrics_series.since(SPARK_SECONDS)) if proc else ""
+        if spark:
+            parts.append(spark)
         sub = ""
         if self.phase is WidgetPhase.FAILED and self.error:
             sub = f'<div style="color:{STDERR_COLOR}">{html.escape(self.error)}</div>'
