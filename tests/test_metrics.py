@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 import statistics
@@ -61,7 +62,7 @@ def test_busy_loop_then_80_mib_show_in_the_samples(tracker: Tracker) -> None:
     times = [s.t for s in samples]
     assert times == sorted(times) and len(set(times)) == len(times)
     # a tree is sampled at most once per half interval (a rule, not a timing)
-    assert min(b - a for a, b in zip(times, times[1:], strict=False)) >= 0.5
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.5
     assert samples[-1].processes == 0  # kept after the exit, with the end marked
     assert proc.metrics() == samples
 
@@ -79,7 +80,7 @@ def test_samples_come_about_once_a_second(tracker: Tracker) -> None:
     proc = tracker.start("exec sleep 30", name="idle")
     assert _until(lambda: len(proc.metrics()) >= 6, 15)
     times = [s.t for s in proc.metrics()]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert 0.8 < statistics.median(gaps) < 1.3, gaps
     assert times[0] < 1.6, times  # the first sample within about a second of the launch
 

@@ -29,6 +29,8 @@ def run_to_completion(proc: TrackedProcess, *, timeout: float | None) -> int:
     """Wait for ``proc`` to exit; print its return code and last lines. On timeout its
     tree is torn down and a UsageError says so. An interrupt ends only the wait."""
     started = time.monotonic()
+    limit = "" if timeout is None else f" (at most {timeout:g} s)"
+    print(f"{proc.name}: pid {proc.pid} running; waiting for it to exit{limit}…", flush=True)
     try:
         code = proc.wait_exit(timeout)
     except KeyboardInterrupt:
