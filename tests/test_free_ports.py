@@ -53,7 +53,7 @@ def test_port_mistakes_fail_before_anything_runs(tracker: Tracker) -> None:
         tracker.start("sleep 30", name="x", ready=HttpReady("http://127.0.0.1:{port}/"))
     for bad in (0, 70000, "eighty", True):
         with pytest.raises(LaunchError, match="port must be"):
-            tracker.start("sleep 30", name="x", port=bad)  # type: ignore[arg-type]
+            tracker.start("sleep 30", name="x", port=bad)
     assert tracker.processes() == []
 
 
