@@ -1,10 +1,14 @@
 """Per-tree resource time series: one sampler thread per Tracker, one process scan a tick.
 
-Every ``interval`` seconds the sampler scans the processes once (``scan_processes``, the
-scan the teardown uses), finds every tracked tree's members in it, and reads each member's
-CPU seconds and RSS (Linux: one read of ``/proc/<pid>/stat``; elsewhere psutil). A tree's
-CPU% is the CPU time its members used since its previous sample over the wall time
-between the two, so a tree of four busy processes reads 400%. The samples go to a bounded
+Every ``interval`` seconds the sampler reads each known member's CPU seconds and RSS
+(Linux: one read of ``/proc/<pid>/stat``; elsewhere psutil). Who the members are comes
+from one scan of every process (``scan_processes``, the scan the teardown uses) for all
+trees at once: for a new tree, when a tree's known members are all gone, and every
+:data:`FULL_SCAN_EVERY` ticks, because a scan costs far more than the reads (it reads
+every process of the machine). A tree's CPU% is the CPU time its members used since its
+previous sample over the wall time between the two, so a tree of four busy processes
+reads 400%; a member found late counts the share of its CPU time that falls in the
+interval (its CPU spread evenly over its life), never a spike. The samples go to a bounded
 ring per launch (``MetricsSeries``), kept after the exit and then written, once, as
 ``<log stem>.metrics.csv`` beside the log (mode 0600, never through a symlink).
 """
@@ -26,6 +30,7 @@ from typing import Any, NamedTuple, Protocol
 from .. import _platform as plat
 from .._proc import procfs
 from .._proc.discovery import Target, discover, protected_pids
+from .._proc.identity import same_process
 from .._proc.scan import scan_processes
 
 __all__ = ["MetricsSample", "MetricsSampler", "MetricsSeries", "metrics_frame"]
@@ -37,9 +42,11 @@ PANDAS_HINT = "metrics_frame() needs pandas: pip install 'ipyproctrack[examples]
 #: Born this long before a tree's previous sample still counts as born after it (the
 #: create time has clock-tick resolution).
 _BIRTH_SLACK = 0.05
+#: Ticks between two membership scans (new trees and emptied ones are scanned at once).
+FULL_SCAN_EVERY = 5
 
 _Key = tuple[int, float]
-_Usage = Callable[[int], "tuple[float, int] | None"]
+_Usage = Callable[[int], "tuple[float, int, float] | None"]
 
 
 class MetricsSample(NamedTuple):
@@ -54,14 +61,14 @@ class MetricsSample(NamedTuple):
 FIELDS = MetricsSample._fields
 
 
-def _psutil_usage(pid: int) -> tuple[float, int] | None:
+def _psutil_usage(pid: int) -> tuple[float, int, float] | None:
     import psutil
 
     try:
         proc = psutil.Process(pid)
         with proc.oneshot():
             cpu = proc.cpu_times()
-            return cpu.user + cpu.system, int(proc.memory_info().rss)
+            return cpu.user + cpu.system, int(proc.memory_info().rss), proc.create_time()
     except (psutil.Error, OSError):
         return None
 
@@ -78,9 +85,13 @@ class MetricsSeries:
         self.finished = threading.Event()  # the tree is gone; the CSV is written
         self._ring: deque[MetricsSample] = deque(maxlen=max(1, capacity))
         self._lock = threading.Lock()
-        # The previous sample, for CPU deltas: (monotonic, wall clock); the first one
-        # measures from the root's birth, so the root's first CPU seconds count.
-        self.prev = (self.started, create_time - _BIRTH_SLACK if create_time else 0.0)
+        # The previous sample's monotonic time, for CPU deltas; the first one measures
+        # from the launch, so the root's first CPU seconds count.
+        self.prev = self.started
+        # The members (pid, create time) as last seen; None: unknown, scan for them.
+        self.members: list[tuple[int, float]] | None = None
+        # Wall time of the membership scan before: a member born since is new.
+        self.scanned = create_time - _BIRTH_SLACK if create_time else 0.0
 
     def samples(self) -> list[MetricsSample]:
         with self._lock:
@@ -157,6 +168,8 @@ class MetricsSampler:
         self.capacity = int(keep / self.interval) + 1 if self.interval else 0
         self.cpu_seconds = 0.0  # this thread's own CPU time: what the sampling costs
         self.ticks = 0
+        self.scans = 0
+        self._since_scan = 0
         self._procs: list[Sampled] = []
         self._cpu: dict[_Key, float] = {}  # CPU seconds of each member at the last tick
         self._lock = threading.Lock()
@@ -190,6 +203,7 @@ class MetricsSampler:
         if thread is not None:
             thread.join(timeout)
         if thread is None or not thread.is_alive():
+            self._since_scan = FULL_SCAN_EVERY  # the last tick sees who is left
             self._tick_reporting()
         with self._lock:
             procs, self._procs = self._procs, []
@@ -215,12 +229,30 @@ class MetricsSampler:
         self.ticks += 1
 
     def tick(self) -> None:
-        """One sample of every tracked tree that is not gone, from one process scan."""
+        """One sample of every tracked tree that is not gone."""
         with self._lock:
             self._procs = [p for p in self._procs if not p.metrics_series.finished.is_set()]
             procs = list(self._procs)
         if not procs:
             return
+        self._since_scan += 1
+        scan = (self._since_scan >= FULL_SCAN_EVERY
+                or any(p.metrics_series.members is None for p in procs))
+        if scan:
+            self._scan_members(procs)
+        cpu: dict[_Key, float] = {}
+        for proc in procs:
+            self._sample(proc, cpu, scanned=scan)
+        self._cpu = cpu
+        if scan:
+            wall = time.time()
+            for proc in procs:
+                proc.metrics_series.scanned = wall
+
+    def _scan_members(self, procs: Sequence[Sampled]) -> None:
+        """Every tree's members, from one scan of all processes."""
+        self._since_scan = 0
+        self.scans += 1
         if self._protected is None:
             self._protected = protected_pids()
         targets = [p._target() for p in procs]
@@ -230,38 +262,43 @@ class MetricsSampler:
         members: dict[int, list[tuple[int, float]]] = {id(t): [] for t in targets}
         for pid, (target, rec, _) in found.items():
             members[id(target)].append((pid, rec.create_time))
-        cpu: dict[_Key, float] = {}
         for proc, target in zip(procs, targets, strict=True):
-            self._sample(proc, members[id(target)], cpu)
-        self._cpu = cpu
+            proc.metrics_series.members = members[id(target)]
 
-    def _sample(self, proc: Sampled, members: list[tuple[int, float]],
-                cpu: dict[_Key, float]) -> None:
+    def _sample(self, proc: Sampled, cpu: dict[_Key, float], *, scanned: bool) -> None:
         series = proc.metrics_series
-        now, wall = time.monotonic(), time.time()
-        prev_mono, prev_wall = series.prev
-        elapsed = now - prev_mono
-        if not members:
-            if proc.returncode is not None:  # gone for good: a last, empty sample
+        now = time.monotonic()
+        elapsed = now - series.prev
+        if not series.members:
+            if not scanned:
+                series.members = None  # all gone? the next tick's scan tells
+            elif proc.returncode is not None:  # gone for good: a last, empty sample
                 series.append(MetricsSample(round(now - series.started, 3), 0.0, 0, 0))
                 series.finish()
             return  # else the root just exited; its exit is reported soon
         if elapsed < self.interval / 2:
             return  # launched just before this tick: its first sample comes with the next
-        used, rss, count = 0.0, 0, 0
-        for pid, ctime in members:
+        wall = time.time()
+        used, rss = 0.0, 0
+        alive: list[tuple[int, float]] = []
+        for pid, ctime in series.members:
             usage = _usage(pid)
-            if usage is None:
+            if usage is None or not same_process(usage[2], ctime):
                 continue  # gone since the scan
             key = (pid, round(ctime, 2))
             before = self._cpu.get(key)
-            if before is None:  # new: all of its CPU time is recent if born since then
-                before = 0.0 if ctime >= prev_wall else usage[0]
-            used += max(0.0, usage[0] - before)
+            if before is not None:
+                used += max(0.0, usage[0] - before)
+            elif ctime >= series.scanned:  # born since the scan before: its share
+                used += usage[0] * min(1.0, elapsed / max(wall - ctime, elapsed))
             cpu[key] = usage[0]
             rss += usage[1]
-            count += 1
+            alive.append((pid, ctime))
+        series.members = alive
+        if not alive:
+            series.members = None
+            return
         percent = 100.0 * used / elapsed if elapsed > 0 else 0.0
         series.append(MetricsSample(round(now - series.started, 3), round(percent, 1),
-                                    rss, count))
-        series.prev = (now, wall)
+                                    rss, len(alive)))
+        series.prev = now
