@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import re
+import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
 
+from ipyproctrack import Tracker
 from ipyproctrack._engine.metrics import MetricsSample
 from ipyproctrack._notebook.sparkline import sparkline_svg, sparklines_html
 
@@ -48,3 +52,32 @@ def test_header_sparklines_of_cpu_and_rss() -> None:
     assert "peak 1190%" in out and "peak 120.0 MiB" in out  # of the last 60 s only
     for svg in re.findall(r"<svg .*?</svg>", out):
         assert len(_points(svg)) == 61
+
+
+def test_the_widget_header_shows_the_sparklines_of_a_real_tree(tmp_path: Path) -> None:
+    from ipyproctrack._notebook.config import ProcTrackConfig
+    from ipyproctrack._notebook.spec import LaunchSpec
+    from ipyproctrack._notebook.widget import ProcessWidget
+
+    class Host:  # the three things a widget asks of its session
+        config = ProcTrackConfig()
+
+        def relaunch(self, spec: Any, *, on_launched: Any = None) -> Any:
+            raise AssertionError("not clicked")
+
+        def stop_process(self, proc: Any, grace: float | None) -> None:
+            raise AssertionError("not clicked")
+
+        def wake(self) -> None:
+            pass
+
+    with Tracker(log_dir=tmp_path, metrics_interval=0.2) as tracker:
+        proc = tracker.start("exec sleep 30", name="sparky")
+        widget = ProcessWidget(Host(), LaunchSpec(command="sleep", name="sparky"))
+        widget.attach(proc)
+        deadline = time.monotonic() + 10
+        while len(proc.metrics()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        header = dict(widget.pending(time.monotonic()))["header"]
+        assert "CPU <svg" in header and "RSS <svg" in header
+        proc.stop(grace=0.5)

@@ -97,14 +97,6 @@ class MetricsSeries:
         with self._lock:
             return list(self._ring)
 
-    def since(self, seconds: float) -> list[MetricsSample]:
-        """The samples of the last ``seconds`` of the series."""
-        with self._lock:
-            if not self._ring:
-                return []
-            start = self._ring[-1].t - seconds
-            return [s for s in self._ring if s.t >= start]
-
     def append(self, sample: MetricsSample) -> None:
         with self._lock:
             self._ring.append(sample)

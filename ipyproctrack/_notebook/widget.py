@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ipyproctrack._engine.state import Phase, ProcessState
 from ipyproctrack.errors import ProcTrackError
 
-from .sparkline import SPARK_SECONDS, sparklines_html
+from .sparkline import sparklines_html
 from .stats import EMPTY_STATS, TreeStats
 from .views import (
     STDERR_COLOR,
@@ -264,7 +264,7 @@ class ProcessWidget:
             parts.append(f"CPU {st.cpu_text()}")
             parts.append(f"RSS {format_bytes(st.rss)}")
             parts.append(f"ports {html.escape(st.ports_text())}")
-        spark = sparklines_html(proc.metrics_series.since(SPARK_SECONDS)) if proc else ""
+        spark = sparklines_html(proc.metrics()) if proc is not None else ""
         if spark:
             parts.append(spark)
         sub = ""
