@@ -30,8 +30,9 @@ def run_to_completion(proc: TrackedProcess, *, timeout: float | None) -> int:
     tree is torn down and a UsageError says so. An interrupt ends only the wait."""
     started = time.monotonic()
     limit = "" if timeout is None else f" (at most {timeout:g} s)"
-    print(f"{proc.name}: pid {proc.pid} running; waiting for it to exit{limit}…", flush=True)
-    try:
+    try:  # an interrupt may land while the announcement is still being flushed
+        print(f"{proc.name}: pid {proc.pid} running; waiting for it to exit{limit}…",
+              flush=True)
         code = proc.wait_exit(timeout)
     except KeyboardInterrupt:
         print(f"{proc.name}: the wait was interrupted; pid {proc.pid} runs on", flush=True)
