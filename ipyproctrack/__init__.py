@@ -15,6 +15,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
+    from ._engine.metrics import MetricsSample
     from ._engine.output import OutputChunk
     from ._engine.process import TrackedProcess
     from ._engine.ready import (
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from ._proc.teardown import CleanupReport, ProcessOutcome
     from .errors import (
         ExitedBeforeReady,
+        ExitTimeout,
         LaunchError,
         NameInUseError,
         NotReadyError,
@@ -46,8 +48,10 @@ __version__ = "0.1.0"
 _WHERE = {
     "CallableReady": "._engine.ready",
     "CleanupReport": "._proc.teardown",
+    "ExitTimeout": ".errors",
     "ExitedBeforeReady": ".errors",
     "HttpReady": "._engine.ready",
+    "MetricsSample": "._engine.metrics",
     "LaunchError": ".errors",
     "NameInUseError": ".errors",
     "NotReadyError": ".errors",
@@ -71,9 +75,11 @@ _WHERE = {
 __all__ = (
     "CallableReady",
     "CleanupReport",
+    "ExitTimeout",
     "ExitedBeforeReady",
     "HttpReady",
     "LaunchError",
+    "MetricsSample",
     "NameInUseError",
     "NotReadyError",
     "OutputChunk",

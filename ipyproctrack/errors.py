@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = (
+    "ExitTimeout",
     "ExitedBeforeReady",
     "LaunchError",
     "NameInUseError",
@@ -52,3 +53,7 @@ class ReadyTimeout(NotReadyError):
 
 class ExitedBeforeReady(NotReadyError):
     """The process exited before it became ready."""
+
+
+class ExitTimeout(ProcTrackError, TimeoutError):
+    """``wait_exit`` ran out of time; the tree was torn down."""

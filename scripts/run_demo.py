@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Execute notebooks/demo.ipynb headless, print what its cells printed, check for leftovers.
+"""Execute a notebook (default notebooks/demo.ipynb) headless, print what its cells printed,
+check for leftovers.
 
     python scripts/run_demo.py [--notebook PATH] [--output PATH] [--timeout S]
 
 The notebook runs in a fresh ``python3`` kernel of this interpreter (jupyter_client runs
-the native kernel with ``sys.executable``), through nbclient. The executed notebook is
-written to ``build/demo.executed.ipynb``. The exit status is non-zero if a cell failed or
-if any process started by the demo that carries an ipyproctrack tag is still alive
-afterwards (those are then killed, by pid and create time).
+the native kernel with ``sys.executable``), through nbclient, in the notebook's directory.
+The executed notebook is written to ``build/<name>.executed.ipynb``. The exit status is
+non-zero if a cell failed or if any process started by the notebook that carries an
+ipyproctrack tag is still alive afterwards (those are then killed, by pid and create time).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ _nb_write: Callable[..., Any] = nbformat.write
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_NOTEBOOK = REPO / "notebooks" / "demo.ipynb"
-DEFAULT_OUTPUT = REPO / "build" / "demo.executed.ipynb"
+BUILD = REPO / "build"
 #: Inherited by the demo's kernel and so by everything it starts: how we find leftovers.
 RUN_VARIABLE = "IPYPROCTRACK_DEMO_RUN"
 TAG_VARIABLES = ("IPYPROCTRACK_SESSION", "IPYPROCTRACK_PROCESS")
@@ -177,10 +178,11 @@ def run(notebook: Path, output: Path, timeout: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--notebook", type=Path, default=DEFAULT_NOTEBOOK)
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--output", type=Path, help="default build/<name>.executed.ipynb")
     parser.add_argument("--timeout", type=float, default=120.0, help="per cell, seconds")
     args = parser.parse_args(argv)
-    return run(args.notebook.resolve(), args.output.resolve(), args.timeout)
+    output = args.output or BUILD / f"{args.notebook.stem}.executed.ipynb"
+    return run(args.notebook.resolve(), output.resolve(), args.timeout)
 
 
 if __name__ == "__main__":

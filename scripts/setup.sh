@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of the development environment, safe to run on a fresh machine:
 #   - creates .venv with python3 (>= 3.11) when it is missing or broken;
-#   - installs the project with `pip install -e .[dev]`;
+#   - installs the project with `pip install -e .[dev,examples]`;
 #   - skips the install while the stamp (a hash of pyproject.toml) is current.
 # Quiet on success. Works from any directory. Set PYTHON=/path/to/python3.x to choose
 # the interpreter.
@@ -57,10 +57,10 @@ fi
 
 log="$(mktemp "${TMPDIR:-/tmp}/ipyproctrack-setup.XXXXXX")"
 trap 'rm -f "$log"' EXIT
-echo "setup.sh: installing ipyproctrack[dev] into $VENV ..." >&2
-if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e '.[dev]' >"$log" 2>&1; then
+echo "setup.sh: installing ipyproctrack[dev,examples] into $VENV ..." >&2
+if ! "$VENV/bin/python" -m pip install --disable-pip-version-check -q -e '.[dev,examples]' >"$log" 2>&1; then
     cat "$log" >&2
-    echo "setup.sh: pip install -e '.[dev]' failed" >&2
+    echo "setup.sh: pip install -e '.[dev,examples]' failed" >&2
     exit 1
 fi
 printf '%s\n' "$want" >"$STAMP"

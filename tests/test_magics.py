@@ -469,6 +469,9 @@ class _Ended:
     def tail_chunks(self, lines: int = 50, *, raw: bool = False) -> list[tuple[str, str]]:
         return list(self.chunks)
 
+    def metrics(self) -> list[Any]:
+        return []
+
 
 def test_widget_settles_only_once_the_output_is_drained(ip: InteractiveShell) -> None:
     session = nb.current_session()

@@ -14,11 +14,18 @@ import ipaddress
 import logging
 import os
 import socket
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .._proc.scan import command_of
-from ..errors import PortInUseError
+from ..errors import LaunchError, PortInUseError
+from .ready.checks import PORT_FIELD
+
+if TYPE_CHECKING:
+    from .ready import ReadinessCheck
 
 try:
     import psutil
@@ -27,7 +34,10 @@ try:
 except ImportError:  # pragma: no cover - psutil is a normal dependency
     _HAVE_PSUTIL = False
 
-__all__ = ["PortHolder", "check_port_free", "listening_ports", "port_holder"]
+__all__ = [
+    "PortHolder", "bind_port", "check_port_free", "free_port", "listening_ports",
+    "port_holder", "resolve_port", "with_port",
+]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +45,11 @@ _CONNECT_TIMEOUT = 0.5
 _TCP_LISTEN = "0A"  # state column of /proc/net/tcp
 _MAX_COMMAND = 200
 _WILDCARDS = frozenset({"", "0.0.0.0", "::", "*"})
+#: A port free_port() handed out is not handed out again for this long: the first
+#: process may not have bound it yet when a second launch asks.
+_HANDED_OUT_FOR = 120.0
+_handed_out: dict[int, float] = {}
+_handed_out_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -304,3 +319,56 @@ def listening_ports(pids: Iterable[int]) -> list[int]:
             continue
         ports.update(c.laddr.port for c in conns if c.status == psutil.CONN_LISTEN and c.laddr)
     return sorted(ports)
+
+
+# --------------------------------------------------------------------- choosing a port
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on now (the kernel's choice for a bind
+    to port 0), never one this process handed out in the last two minutes."""
+    with _handed_out_lock:
+        now = time.monotonic()
+        for port, at in list(_handed_out.items()):
+            if now - at > _HANDED_OUT_FOR:
+                del _handed_out[port]
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind((host, 0))
+                port = int(sock.getsockname()[1])
+            if port not in _handed_out:
+                _handed_out[port] = now
+                return port
+    raise LaunchError(f"no free TCP port found on {host}")
+
+
+def resolve_port(port: int | str | None) -> int | None:
+    """``start(port=...)``: "auto" -> a free port; a port number as it is; None."""
+    if port is None:
+        return None
+    if port == "auto":
+        return free_port()
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise LaunchError(f"port must be 'auto' or a TCP port number 1-65535, not {port!r}")
+    return port
+
+
+def with_port(command: str | Sequence[str], port: int) -> str | list[str]:
+    """``command`` with every ``{port}`` replaced (not str.format: scripts hold braces)."""
+    if isinstance(command, str):
+        return command.replace(PORT_FIELD, str(port))
+    return [word.replace(PORT_FIELD, str(port)) for word in command]
+
+
+def bind_port(checks: Sequence[ReadinessCheck], port: int | None) -> list[ReadinessCheck]:
+    """The checks with ``{port}`` filled in; a LaunchError if one needs a port and
+    start() was given none."""
+    out = []
+    for check in checks:
+        if check.needs_port:
+            if port is None:
+                raise LaunchError(f"{check.describe()} needs a port: pass port='auto' or "
+                                  "port=N (--port in the magics)")
+            check = check.with_port(port)
+        out.append(check)
+    return out

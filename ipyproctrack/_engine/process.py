@@ -9,15 +9,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
 from .._proc.discovery import ProcessInfo, Target, tree_of
 from .._proc.identity import ProcId
 from .._proc.teardown import CleanupReport
-from ..errors import NotReadyError
+from ..errors import ExitTimeout, NotReadyError
 from .launch import Root
+from .metrics import MetricsSample, MetricsSeries, metrics_frame
 from .output import OutputChunk, OutputSink
 from .ready import close_checks, wait_until_ready
 from .state import TRANSITIONS, Phase, ProcessState
@@ -54,6 +55,9 @@ class TrackedProcess:
         self.started_at = time.time()
         self.create_time = root.create_time
         self.returncode: int | None = None
+        self.port: int | None = None  # the port given to start(port=...), also in $PORT
+        self.metrics_series: MetricsSeries = tracker._metrics.series_for(
+            root.create_time, self.log_path)
         self.ready_seconds: float | None = None
         # Guards _phase, returncode, _exited_alone and _exit_callbacks: the loop thread
         # reports the exit while callers wait, stop and read the state.
@@ -174,11 +178,39 @@ class TrackedProcess:
                 return
         callback(self)
 
+    # --- resources --------------------------------------------------------------------------
+    def metrics(self) -> list[MetricsSample]:
+        """The tree's samples since launch, oldest first (``t`` seconds since launch,
+        ``cpu_percent`` of one core, ``rss`` bytes, live ``processes``), one every
+        ``metrics_interval``; the last hour by default. Kept after the exit."""
+        return self.metrics_series.samples()
+
+    def metrics_frame(self) -> Any:
+        """metrics() as a pandas DataFrame; an ImportError naming the extra without pandas."""
+        return metrics_frame(self.metrics())
+
+    @property
+    def metrics_csv(self) -> Path | None:
+        """Where the samples are written once the tree is gone (None: not sampled)."""
+        return self.metrics_series.csv_path
+
     # --- lifetime ---------------------------------------------------------------------------
     def wait(self, timeout: float | None = None) -> int | None:
         """Block until the root command exits; its return code, or None on timeout."""
         self._exited.wait(timeout)
         return self.returncode
+
+    def wait_exit(self, timeout: float | None = None) -> int:
+        """Block until the root command exits; its return code. On timeout the tree is
+        torn down and ExitTimeout says so. An interrupt (KeyboardInterrupt) stops only the
+        wait: the process runs on."""
+        if self._exited.wait(timeout):
+            assert self.returncode is not None
+            return self.returncode
+        summary = self.stop().summary_lines()
+        how = summary[0].partition(": ")[2] if summary else "nothing was left"
+        raise ExitTimeout(f"{self.name!r} did not exit within {timeout:g} s; "
+                          f"its tree was torn down ({how})")
 
     def tree(self) -> list[ProcessInfo]:
         """The live processes of this tree: descendants, group members and tag matches."""
@@ -187,6 +219,34 @@ class TrackedProcess:
     def stop(self, *, grace: float | None = None) -> CleanupReport:
         """Phased teardown of this tree; blocks up to grace + about 1 s. Never raises."""
         return self.tracker._teardown([self], grace)
+
+    def stop_through_interrupts(self, *, grace: float | None = None) -> None:
+        """Stop this tree (blocks), even when a KeyboardInterrupt comes meanwhile: an
+        interrupted replace must never leave the old tree running under a "stopped" name.
+        An interrupt cuts the grace short (SIGKILL at once), waits until the tree is gone,
+        then propagates: the new process is not started."""
+        done = threading.Event()
+
+        def stop() -> None:
+            try:
+                self.stop(grace=grace)
+            finally:
+                done.set()
+
+        threading.Thread(target=stop, name="ipyproctrack-replace", daemon=True).start()
+        interrupt: BaseException | None = None
+        while not done.is_set():
+            try:
+                if interrupt is None:
+                    done.wait()
+                else:  # hurry: the caller wants out; the grace is over
+                    log.warning("%s: replace interrupted; killing the old tree now", self.name)
+                    self.stop(grace=0)
+                    done.wait()
+            except KeyboardInterrupt as exc:
+                interrupt = interrupt or exc
+        if interrupt is not None:
+            raise interrupt
 
     async def astop(self, *, grace: float | None = None) -> CleanupReport:
         return await anyio.to_thread.run_sync(partial(self.stop, grace=grace))

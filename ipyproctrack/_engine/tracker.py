@@ -33,9 +33,10 @@ from .launch import argv_of, check_executable, checked_cwd, child_env, spawn_roo
 from .logdirs import checked_log_dir, new_session_dir
 from .logfiles import LogBudget, RotatingLog
 from .loop import Loop
+from .metrics import MetricsSampler
 from .naming import base_name, free_name, log_stem
 from .output import Deliveries, OutputSink
-from .ports import check_port_free, port_holder
+from .ports import bind_port, check_port_free, port_holder, resolve_port, with_port
 from .process import TrackedProcess
 from .ready import as_checks, close_checks
 from .state import Phase
@@ -105,6 +106,8 @@ class Tracker(AbstractContextManager["Tracker"]):
         log_budget_bytes: int = LOG_BUDGET_BYTES,
         on_change: Callable[[], None] | None = None,
         close_at_exit: bool = True,
+        metrics_interval: float | None = 1.0,
+        metrics_keep: float = 3600.0,
     ) -> None:
         """Logs go to ``log_dir`` (created 0700; refused if it is another user's or
         writable by others without the sticky bit), or by default to a fresh directory
@@ -116,7 +119,11 @@ class Tracker(AbstractContextManager["Tracker"]):
         ``on_change`` is called, from the drain thread, whenever a tracked process writes
         output, exits or becomes ready: a cheap wake-up for a display (the widgets use it
         to sleep while nothing happens). It must not block. ``close_at_exit=False``: the
-        caller closes the Tracker when the program ends (the notebook's hooks do)."""
+        caller closes the Tracker when the program ends (the notebook's hooks do). Every
+        ``metrics_interval`` seconds (None: never) one thread samples every tree's CPU and
+        RSS and keeps the last ``metrics_keep`` seconds of each
+        (``TrackedProcess.metrics()``)."""
+        self._metrics = MetricsSampler(metrics_interval, metrics_keep)
         self._on_change = on_change
         self.session_tag = f"{os.getpid()}-{secrets.token_hex(6)}"
         self.log_dir = new_session_dir() if log_dir is None else checked_log_dir(log_dir)
@@ -192,6 +199,7 @@ class Tracker(AbstractContextManager["Tracker"]):
         ready: ReadySpec = None,
         ready_timeout: float = 30.0,
         on_launched: Callable[[TrackedProcess], None] | None = None,
+        port: int | str | None = None,
     ) -> TrackedProcess:
         """Start ``command`` in its own session, tagged, with its output drained at once.
 
@@ -200,20 +208,28 @@ class Tracker(AbstractContextManager["Tracker"]):
         ``replace_grace``, default the Tracker's grace; an interrupt meanwhile kills the old
         tree at once and starts nothing). ``on_launched(proc)`` runs once the process
         exists, before any readiness wait; if it raises, the process is torn down and the
-        exception propagates. With ``ready``, block until the checks
-        pass (see wait_ready). Raises LaunchError before anything runs when the command,
-        its directory or the name cannot be used."""
+        exception propagates. With ``ready``, block until the checks pass (see
+        wait_ready). ``port``: "auto" (a free 127.0.0.1 port) or a number, put in the
+        environment as PORT and in place of ``{port}`` in the command and in the ``ready``
+        checks (``HttpReady("http://127.0.0.1:{port}/")``); ``proc.port``. Raises
+        LaunchError before anything runs when the command, its directory, the name or the
+        port cannot be used."""
+        port_number = resolve_port(port)
+        if port_number is not None:
+            command = with_port(command, port_number)
+            env = {**(env or {}), "PORT": str(port_number)}
         argv, display = argv_of(command)
         workdir = checked_cwd(cwd)
         full_env = child_env(env, session_tag=self.session_tag)
         check_executable(command, argv, full_env, workdir)
-        checks = as_checks(ready)
+        checks = bind_port(as_checks(ready), port_number)
         with self._start_lock:
             self._check_open()
             name = self._name_to_launch(name, command, replace=replace, replace_grace=replace_grace)
             self._check_ports(checks)
             proc = self._launch(argv, display, name=name, cwd=workdir, env=full_env,
                                 checks=checks)
+            proc.port = port_number
         if on_launched is not None:
             self._call_on_launched(on_launched, proc)
         if checks:
@@ -253,12 +269,13 @@ class Tracker(AbstractContextManager["Tracker"]):
         ready: ReadySpec = None,
         ready_timeout: float = 30.0,
         on_launched: Callable[[TrackedProcess], None] | None = None,
+        port: int | str | None = None,
     ) -> TrackedProcess:
         """start() on a worker thread, so the caller's event loop keeps running."""
         return await anyio.to_thread.run_sync(
             partial(self.start, command, name=name, cwd=cwd, env=env, replace=replace,
                     replace_grace=replace_grace, ready=ready, ready_timeout=ready_timeout,
-                    on_launched=on_launched)
+                    on_launched=on_launched, port=port)
         )
 
     def _name_to_launch(
@@ -284,37 +301,8 @@ class Tracker(AbstractContextManager["Tracker"]):
                 raise NameInUseError(
                     f"{name!r} {what} (pid {old.pid}); stop it first or use replace=True"
                 )
-            self._stop_through_interrupts(old, replace_grace)
+            old.stop_through_interrupts(grace=replace_grace)
         return name
-
-    @staticmethod
-    def _stop_through_interrupts(proc: TrackedProcess, grace: float | None) -> None:
-        """Stop ``proc``'s tree, even when a KeyboardInterrupt comes meanwhile: an
-        interrupted replace must never leave the old tree running under a "stopped" name.
-        An interrupt cuts the grace short (SIGKILL at once), waits until the tree is gone,
-        then propagates: the new process is not started."""
-        done = threading.Event()
-
-        def stop() -> None:
-            try:
-                proc.stop(grace=grace)
-            finally:
-                done.set()
-
-        threading.Thread(target=stop, name="ipyproctrack-replace", daemon=True).start()
-        interrupt: BaseException | None = None
-        while not done.is_set():
-            try:
-                if interrupt is None:
-                    done.wait()
-                else:  # hurry: the caller wants out; the grace is over
-                    log.warning("%s: replace interrupted; killing the old tree now", proc.name)
-                    proc.stop(grace=0)
-                    done.wait()
-            except KeyboardInterrupt as exc:
-                interrupt = interrupt or exc
-        if interrupt is not None:
-            raise interrupt
 
     def _launch(
         self,
@@ -357,6 +345,7 @@ class Tracker(AbstractContextManager["Tracker"]):
             proc.stop()
             raise
         self._supervise(proc)
+        self._metrics.track(proc)
         return proc
 
     def _log_stem(self, name: str) -> str:
@@ -460,6 +449,7 @@ class Tracker(AbstractContextManager["Tracker"]):
         deadline = time.monotonic() + 1.0
         for p in self.processes():
             p._drained.wait(max(0.0, deadline - time.monotonic()))
+        self._metrics.stop()  # a last sample, and every remaining metrics CSV
         try:
             self._loop.stop()
         except Exception as exc:  # closing must not raise; say what went wrong

@@ -25,8 +25,10 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
 from ipyproctrack._engine.naming import base_name
 from ipyproctrack._engine.ready import HttpReady, OutputReady, PortReady
+from ipyproctrack._engine.ready.checks import PORT_FIELD
 from ipyproctrack.errors import NotReadyError, ProcTrackError
 
+from .completion import run_to_completion
 from .config import grace_problem
 from .spec import LaunchSpec
 from .views import CleanupView, LogsView, ProcessTable, first_line, status_line
@@ -111,14 +113,13 @@ def parse_env(items: Sequence[str]) -> dict[str, str]:
 def _readiness(args: argparse.Namespace) -> list[Any]:
     wants = [args.wait_port is not None, bool(args.wait_http), bool(args.wait_output)]
     if not any(wants):
-        if args.timeout is not None:
-            raise UsageError("--timeout needs --wait-port, --wait-http or --wait-output")
+        if args.timeout is not None and not args.wait_exit:
+            raise UsageError("--timeout needs --wait-port, --wait-http, --wait-output "
+                             "or --wait-exit")
         return []
     checks: list[Any] = []
     if args.wait_port is not None:
-        if not 0 < args.wait_port < 65536:
-            raise UsageError(f"--wait-port must be 1-65535, not {args.wait_port}")
-        checks.append(PortReady(args.wait_port))
+        checks.append(_port_check(args.wait_port))
     if args.wait_http:
         try:
             checks.append(HttpReady(args.wait_http))
@@ -131,6 +132,32 @@ def _readiness(args: argparse.Namespace) -> list[Any]:
             raise UsageError(f"--wait-output: bad regular expression: {exc}") from None
         checks.append(OutputReady(args.wait_output))
     return checks
+
+
+def _port_check(value: str) -> PortReady:
+    """``--wait-port P`` or ``--wait-port {port}`` (the port of ``--port``)."""
+    if value == PORT_FIELD:
+        return PortReady(PORT_FIELD)
+    try:
+        port = int(value)
+    except ValueError:
+        raise UsageError(f"--wait-port must be 1-65535 or {PORT_FIELD}, not {value!r}") from None
+    if not 0 < port < 65536:
+        raise UsageError(f"--wait-port must be 1-65535, not {port}")
+    return PortReady(port)
+
+
+def _port_option(value: str | None) -> int | str | None:
+    """``--port auto`` or ``--port N``."""
+    if value is None or value == "auto":
+        return value
+    try:
+        port = int(value)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise UsageError(f"--port must be auto or 1-65535, not {value!r}")
+    return port
 
 
 def _check_grace(value: float | None) -> None:
@@ -221,8 +248,8 @@ def _cell_args(line: str, cell: str | None) -> tuple[argparse.Namespace, str | N
 
 def _launch_spec(
     line: str, cell: str | None, *, free_name: Callable[[str], str]
-) -> tuple[LaunchSpec, bool]:
-    """The checked launch of a %%tracked cell, and whether --no-widget was given.
+) -> tuple[LaunchSpec, argparse.Namespace]:
+    """The checked launch of a %%tracked cell, and its options (--no-widget, --wait-exit).
     ``free_name`` turns the script's base name into the name of an unnamed launch."""
     args, name, script = _cell_args(line, cell)
     if name is not None and (not name.strip() or any(c.isspace() for c in name)):
@@ -233,6 +260,9 @@ def _launch_spec(
     _check_grace(args.grace)
     _check_timeout(args.timeout)
     checks = _readiness(args)
+    port = _port_option(args.port)
+    if port is None and any(getattr(c, "needs_port", False) for c in checks):
+        raise UsageError(f"{PORT_FIELD} in a --wait-* option needs --port auto or --port N")
     spec = LaunchSpec(
         command=script,
         name=name if name is not None else free_name(base_name(script)),
@@ -242,8 +272,9 @@ def _launch_spec(
         ready=checks,
         ready_timeout=30.0 if args.timeout is None else args.timeout,
         make_ready=functools.partial(_readiness, args),
+        port=port,
     )
-    return spec, bool(args.no_widget)
+    return spec, args
 
 
 class WaitInterrupted(KeyboardInterrupt):
@@ -297,12 +328,22 @@ class ProcTrackMagics(Magics):
         "or replaced (default: ProcTrackConfig.grace)",
     )
     @argument("--no-widget", action="store_true", help="print a status line instead of a widget")
-    @argument("--wait-port", type=int, metavar="P", help="block until 127.0.0.1:P accepts TCP")
+    @argument(
+        "--port", metavar="auto|N",
+        help="a port for the process: 'auto' picks a free 127.0.0.1 port; it is $PORT in "
+        "its environment and replaces {port} in the command and the --wait-* values",
+    )
+    @argument("--wait-port", metavar="P", help="block until 127.0.0.1:P accepts TCP")
     @argument("--wait-http", metavar="URL", help="block until URL answers with 2xx or 3xx")
     @argument("--wait-output", metavar="REGEX", help="block until the output matches REGEX")
     @argument(
+        "--wait-exit", action="store_true",
+        help="block until the process exits, then show its return code and last lines",
+    )
+    @argument(
         "--timeout", type=float, metavar="S",
-        help="seconds to wait for readiness (default 30); on timeout the tree is torn down",
+        help="seconds to wait for readiness (default 30) or, with --wait-exit, for the exit "
+        "(default: no limit); on timeout the tree is torn down",
     )
     @line_cell_magic
     def tracked(self, line: str, cell: str | None = None) -> None:
@@ -311,7 +352,8 @@ class ProcTrackMagics(Magics):
         Cell form::
 
             %%tracked [NAME] [--cwd DIR] [--env KEY=VALUE]... [--grace S] [--no-widget]
-                      [--wait-port P | --wait-http URL | --wait-output REGEX] [--timeout S]
+                      [--port auto|N] [--wait-port P | --wait-http URL | --wait-output REGEX]
+                      [--wait-exit] [--timeout S]
             python -m http.server 8000 --bind 127.0.0.1
 
         Line form (options first, then the command as the shell should see it)::
@@ -321,24 +363,29 @@ class ProcTrackMagics(Magics):
         The process runs in its own session, so "Interrupt kernel" never stops it, and its
         whole tree is torn down by %proctrack_cleanup, %unload_ext and every kernel ending.
         Running a cell again while NAME is alive stops the old tree, then starts the new
-        one. With a --wait-* option the cell blocks until the server is ready; "Interrupt
-        kernel" stops that wait (in one line), never the server.
+        one. With a --wait-* option the cell blocks until the server is ready; with
+        --wait-exit, until the process exits (a load generator's run, say). "Interrupt
+        kernel" stops a wait (in one line), never the process.
         """
         session = self.session
-        spec, no_widget = _launch_spec(line, cell, free_name=session.free_name)
+        spec, args = _launch_spec(line, cell, free_name=session.free_name)
         before = session.launched(spec.name)
         try:
-            if session.widgets_enabled and not no_widget:
+            if session.widgets_enabled and not args.no_widget:
                 with _usage_errors(launching=True):
-                    session.launch_in_widget(spec)
-                return
-            if spec.ready:
-                print(f"{spec.name}: starting, waiting for {spec.describe_ready()}…", flush=True)
-            with _usage_errors(launching=True):
-                proc = session.launch(spec)
+                    proc = session.launch_in_widget(spec)
+            else:
+                if spec.ready:
+                    print(f"{spec.name}: starting, waiting for {spec.describe_ready()}…",
+                          flush=True)
+                with _usage_errors(launching=True):
+                    proc = session.launch(spec)
+                if not args.wait_exit:
+                    print(status_line(proc), flush=True)
+            if args.wait_exit:
+                run_to_completion(proc, timeout=args.timeout)
         except KeyboardInterrupt:
             raise _interrupted(spec.name, before, session.launched(spec.name)) from None
-        print(status_line(proc), flush=True)
 
     # ------------------------------------------------------------------ %proctrack
 

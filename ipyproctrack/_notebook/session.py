@@ -140,6 +140,7 @@ class NotebookSession:
             ready=list(spec.ready) or None,
             ready_timeout=spec.ready_timeout,
             on_launched=launched,
+            port=spec.port,
         )
 
     def launch_in_widget(self, spec: LaunchSpec) -> TrackedProcess:

@@ -23,6 +23,8 @@ class LaunchSpec:
     ready_timeout: float = 30.0
     #: builds fresh readiness checks for a restart (checks keep per-launch state)
     make_ready: Callable[[], list[Any]] | None = None
+    #: "auto", a port number or None: see ``Tracker.start(port=...)``
+    port: int | str | None = None
 
     def describe_ready(self) -> str:
         return ", ".join(

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ipyproctrack._engine.state import Phase, ProcessState
 from ipyproctrack.errors import ProcTrackError
 
+from .sparkline import sparklines_html
 from .stats import EMPTY_STATS, TreeStats
 from .views import (
     ERROR_COLOR,
@@ -303,6 +304,9 @@ class ProcessWidget:
             parts.append(f"CPU {st.cpu_text()}")
             parts.append(f"RSS {format_bytes(st.rss)}")
             parts.append(f"ports {html.escape(st.ports_text())}")
+        spark = sparklines_html(proc.metrics()) if proc is not None else ""
+        if spark:
+            parts.append(spark)
         sub = ""
         if self.phase is WidgetPhase.FAILED and self.error:
             sub = f'<div style="color:{ERROR_COLOR}">{html.escape(self.error)}</div>'

@@ -64,6 +64,22 @@ def start_seconds(pid: int) -> float:
     return st[4] / CLK_TCK if st is not None else 0.0
 
 
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def read_usage(pid: int) -> tuple[float, int, float] | None:
+    """(user + system CPU seconds, resident bytes, create time) of ``pid`` from one read
+    of its ``stat`` (fields 14, 15, 24 and 22), or None if it is gone. The create time is
+    the one ``scan`` gives: compare them with ``identity.same_process``."""
+    try:
+        raw = _read(f"/proc/{pid}/stat", size=1024)
+        f = raw[raw.rfind(b")") + 2 :].split(b" ", 22)
+        created = boot_time() + int(f[19]) / CLK_TCK
+        return (int(f[11]) + int(f[12])) / CLK_TCK, int(f[21]) * _PAGE, created
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _value(env: bytes, key: bytes) -> str | None:
     """The value of an exact variable ``key`` (b"NAME=") in an environment block."""
     if env.startswith(key):

@@ -65,6 +65,8 @@ class ReadinessCheck(abc.ABC):
 
     port: int | None = None
     host: str = "127.0.0.1"
+    #: True while the check holds a ``{port}`` placeholder that ``with_port`` fills in
+    needs_port: bool = False
 
     @abc.abstractmethod
     def describe(self) -> str:
@@ -80,8 +82,17 @@ class ReadinessCheck(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release whatever ``prepare`` acquired. Idempotent. Default: nothing."""
 
+    def with_port(self, port: int) -> ReadinessCheck:
+        """This check with ``{port}`` replaced by ``port`` (start(port=...) calls it when
+        ``needs_port``). Default: the check itself."""
+        return self
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
+
+
+#: The placeholder for the port given to ``start(port=...)``, in commands and checks.
+PORT_FIELD = "{port}"
 
 
 def _utf8_decoder() -> codecs.IncrementalDecoder:
@@ -97,7 +108,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _check_port_number(port: int) -> int:
+def _check_port_number(port: object) -> int:
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise ValueError(f"not a TCP port number: {port!r}")
     return port
@@ -128,13 +139,20 @@ def _connect_blocking(host: str, port: int) -> socket.socket | None:
 class PortReady(ReadinessCheck):
     """Ready when a TCP connection to ``host:port`` succeeds."""
 
-    def __init__(self, port: int, *, host: str = "127.0.0.1") -> None:
-        self.port = _check_port_number(port)
+    def __init__(self, port: int | str, *, host: str = "127.0.0.1") -> None:
+        """``port="{port}"``: the port given to ``start(port=...)``."""
+        if port == PORT_FIELD:
+            self.needs_port = True
+        else:
+            self.port = _check_port_number(port)
         self.host = host
 
     def describe(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"port {host}:{self.port}"
+        return f"port {host}:{PORT_FIELD if self.needs_port else self.port}"
+
+    def with_port(self, port: int) -> ReadinessCheck:
+        return PortReady(port, host=self.host) if self.needs_port else self
 
     async def check(self, proc: ProcessLike) -> bool:
         assert self.port is not None
@@ -153,7 +171,9 @@ class HttpReady(ReadinessCheck):
     """
 
     def __init__(self, url: str, *, status: int | Container[int] | None = None) -> None:
-        parts = urllib.parse.urlsplit(url)
+        """A ``{port}`` in ``url`` stands for the port given to ``start(port=...)``."""
+        self.needs_port = PORT_FIELD in url
+        parts = urllib.parse.urlsplit(url.replace(PORT_FIELD, "1"))
         if parts.scheme.lower() != "http" or not parts.hostname:
             raise ValueError(f"HttpReady needs a plain http:// URL with a host, not {url!r}")
         try:
@@ -167,7 +187,7 @@ class HttpReady(ReadinessCheck):
         self._target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self._host_header = parts.netloc.rpartition("@")[2]
         # Only a port on this machine can be checked for "already taken" before launch.
-        if _is_loopback(parts.hostname):
+        if _is_loopback(parts.hostname) and not self.needs_port:
             self.port = port
             self.host = parts.hostname
         self.last_status: int | None = None
@@ -185,6 +205,11 @@ class HttpReady(ReadinessCheck):
         else:
             want = repr(self.status)
         return f"HTTP {self.url} -> {want}"
+
+    def with_port(self, port: int) -> ReadinessCheck:
+        if not self.needs_port:
+            return self
+        return HttpReady(self.url.replace(PORT_FIELD, str(port)), status=self.status)
 
     def accepts(self, code: int) -> bool:
         if self.status is None:

@@ -1,0 +1,161 @@
+"""Per-tree resource time series (issue 10): real processes, one sampler thread."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import stat
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ipyproctrack import MetricsSample, Tracker
+from ipyproctrack._engine.metrics import PANDAS_HINT
+
+MiB = 1 << 20
+
+# Four busy loops of 1.5 CPU seconds each (a tree: the sum is the whole tree's CPU, so a
+# 2-core machine busy with other work still gives it more than half a core), then one
+# process holding 80 MiB.
+BUSY_THEN_BIG = textwrap.dedent(f"""\
+    busy='import time
+    t = time.process_time()
+    while time.process_time() - t < 1.5:
+        pass'
+    for i in 1 2 3 4; do {sys.executable} -c "$busy" & done
+    wait
+    exec {sys.executable} -c 'import time; b = b"x" * (80 << 20); time.sleep(3)'
+""")
+
+
+@pytest.fixture
+def tracker(tmp_path: Path) -> Iterator[Tracker]:
+    t = Tracker(log_dir=tmp_path / "logs", grace=1.0)
+    yield t
+    t.close(grace=0.5)
+
+
+def _until(pred: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_busy_loop_then_80_mib_show_in_the_samples(tracker: Tracker) -> None:
+    proc = tracker.start(BUSY_THEN_BIG, name="busy")
+    assert proc.wait(60) == 0
+    assert _until(proc.metrics_series.finished.is_set, 10)  # the empty tree was seen
+    samples = proc.metrics()
+    assert all(isinstance(s, MetricsSample) for s in samples)
+    assert max(s.cpu_percent for s in samples) > 50, samples
+    assert max(s.rss for s in samples) > 70 * MiB, samples
+    assert max(s.processes for s in samples) >= 5, samples  # bash and four busy loops
+    times = [s.t for s in samples]
+    assert times == sorted(times) and len(set(times)) == len(times)
+    # a tree is sampled at most once per half interval (a rule, not a timing)
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.5
+    assert samples[-1].processes == 0  # kept after the exit, with the end marked
+    assert proc.metrics() == samples
+
+    csv = proc.metrics_csv
+    assert csv is not None and csv == proc.log_path.with_suffix(".metrics.csv")
+    lines = csv.read_text().splitlines()
+    assert lines[0] == "t,cpu_percent,rss,processes"
+    assert len(lines) == len(samples) + 1
+    assert int(lines[-1].split(",")[3]) == 0
+    assert stat.S_IMODE(csv.stat().st_mode) == 0o600  # logs are private
+
+
+@pytest.mark.perf
+def test_samples_come_about_once_a_second(tracker: Tracker) -> None:
+    proc = tracker.start("exec sleep 30", name="idle")
+    assert _until(lambda: len(proc.metrics()) >= 6, 15)
+    times = [s.t for s in proc.metrics()]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert 0.8 < statistics.median(gaps) < 1.3, gaps
+    assert times[0] < 1.6, times  # the first sample within about a second of the launch
+
+
+def test_samples_are_kept_in_a_bounded_ring(tmp_path: Path) -> None:
+    with Tracker(log_dir=tmp_path, metrics_interval=0.1, metrics_keep=0.5) as t:
+        proc = t.start("exec sleep 30", name="short")
+        assert _until(lambda: len(proc.metrics()) >= 6 and proc.metrics()[0].t > 0.6, 15)
+        assert len(proc.metrics()) <= 6  # 0.5 s / 0.1 s + 1
+        # a stop writes the CSV too, once the tree is gone
+        proc.stop(grace=0.5)
+        assert _until(proc.metrics_series.finished.is_set, 10)
+        assert proc.metrics_csv is not None and proc.metrics_csv.exists()
+
+
+def test_no_sampling_when_disabled(tmp_path: Path) -> None:
+    with Tracker(log_dir=tmp_path, metrics_interval=None) as t:
+        proc = t.start("exec sleep 30", name="quiet")
+        proc.stop(grace=0.5)
+        assert proc.metrics() == [] and proc.metrics_csv is None
+        assert t._metrics.ticks == 0
+
+
+def test_close_writes_the_metrics_of_running_trees(tmp_path: Path) -> None:
+    t = Tracker(log_dir=tmp_path)
+    proc = t.start("exec sleep 30", name="svc")
+    assert _until(lambda: proc.metrics(), 10)
+    t.close(grace=0.5)
+    assert proc.metrics_csv is not None
+    rows = proc.metrics_csv.read_text().splitlines()
+    assert len(rows) >= 2 and rows[-1].endswith(",0")  # its end, seen by the last tick
+
+
+def test_the_csv_is_never_written_through_a_symlink(tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    with Tracker(log_dir=logs) as t:
+        proc = t.start("exec sleep 30", name="trap")
+        assert proc.metrics_csv is not None
+        proc.metrics_csv.symlink_to(victim)  # planted where the CSV will go
+        assert _until(lambda: proc.metrics(), 10)
+        proc.stop(grace=0.5)
+        assert _until(proc.metrics_series.finished.is_set, 10)
+    assert victim.read_text() == "keep me\n"
+    assert "cannot write the metrics" in caplog.text
+    assert proc.metrics()  # the samples stay in memory
+
+
+def test_metrics_frame(tracker: Tracker) -> None:
+    pandas = pytest.importorskip("pandas")
+    proc = tracker.start("exec sleep 30", name="framed")
+    assert _until(lambda: len(proc.metrics()) >= 2, 10)
+    frame = proc.metrics_frame()
+    assert isinstance(frame, pandas.DataFrame)
+    assert list(frame.columns) == ["t", "cpu_percent", "rss", "processes"]
+    assert len(frame) >= 2 and (frame["processes"] >= 1).all()
+
+
+def test_metrics_frame_without_pandas_names_the_extra(tmp_path: Path) -> None:
+    code = textwrap.dedent("""\
+        import sys
+        sys.modules["pandas"] = None  # as if it were not installed
+        from ipyproctrack import Tracker
+        with Tracker() as t:
+            p = t.start("exit 0", name="x")
+            p.wait(10)
+            try:
+                p.metrics_frame()
+            except ImportError as exc:
+                print("ImportError:", exc)
+        """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path, env=dict(os.environ))
+    assert f"ImportError: {PANDAS_HINT}" in run.stdout, run.stderr
+    assert "ipyproctrack[examples]" in PANDAS_HINT
