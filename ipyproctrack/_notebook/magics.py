@@ -28,6 +28,7 @@ from ipyproctrack._engine.ready import HttpReady, OutputReady, PortReady
 from ipyproctrack.errors import NotReadyError, ProcTrackError
 
 from .config import grace_problem
+from .engines import engine_id, label_lines, on_engine
 from .spec import LaunchSpec
 from .views import CleanupView, LogsView, ProcessTable, first_line, status_line
 
@@ -311,17 +312,19 @@ class ProcTrackMagics(Magics):
             with _usage_errors(launching=True):
                 session.launch_in_widget(spec)
             return
+        engine = engine_id(self.shell)  # on an ipyparallel engine: "[engine N] " each line
         if spec.ready:
-            print(f"{spec.name}: starting, waiting for {spec.describe_ready()}…", flush=True)
+            waiting = f"{spec.name}: starting, waiting for {spec.describe_ready()}…"
+            print(label_lines(waiting, engine), flush=True)
         with _usage_errors(launching=True):
             proc = session.launch(spec)
-        print(status_line(proc), flush=True)
+        print(label_lines(status_line(proc), engine), flush=True)
 
     # ------------------------------------------------------------------ %proctrack
 
     @magic_arguments()
     @line_magic
-    def proctrack(self, line: str) -> ProcessTable:
+    def proctrack(self, line: str) -> object:
         """List the tracked processes: name, pid, state, uptime, processes in the tree,
         CPU% and RSS of the whole tree, listening TCP ports, log path.
 
@@ -330,10 +333,10 @@ class ProcTrackMagics(Magics):
         _parse("proctrack", line)
         session = self.session
         if not session.has_tracker:
-            return ProcessTable([], [], now=0.0)
+            return on_engine(ProcessTable([], [], now=0.0), self.shell)
         procs = session.tracker.processes()
         stats = session.sample_trees(procs, prime=0.1)
-        return ProcessTable(procs, stats, now=time.time())
+        return on_engine(ProcessTable(procs, stats, now=time.time()), self.shell)
 
     # ------------------------------------------------------------------ %proctrack_cleanup
 
@@ -345,7 +348,7 @@ class ProcTrackMagics(Magics):
     )
     @argument("-v", "--verbose", action="store_true", help="show every process's outcome")
     @line_magic
-    def proctrack_cleanup(self, line: str) -> CleanupView:
+    def proctrack_cleanup(self, line: str) -> object:
         """Phased teardown (SIGTERM, wait, SIGKILL, sweep) of the named trees, or of all.
 
         Shows one line per tree with escalations stated, and the details on demand.
@@ -356,14 +359,14 @@ class ProcTrackMagics(Magics):
         if not session.has_tracker:
             if args.names:
                 raise UsageError(f"no tracked process named {args.names[0]!r} (known: none)")
-            return CleanupView(None)
+            return on_engine(CleanupView(None), self.shell)
         tracker = session.tracker
         for name in args.names:
             if name not in tracker:
                 with _usage_errors():
                     tracker.get(name)  # raises UnknownProcessError with the known names
         report = tracker.cleanup(*args.names, grace=session.grace(args.grace))
-        return CleanupView(report, verbose=args.verbose)
+        return on_engine(CleanupView(report, verbose=args.verbose), self.shell)
 
     # ------------------------------------------------------------------ %proctrack_logs
 
