@@ -130,7 +130,7 @@ def _gather(view: Any, fn: Callable[..., Any], args: tuple[Any, ...], timeout: f
     """Run ``fn(*args)`` on every engine at once; (engine id, result, error) for each.
 
     One engine at a time, so a dead or failing engine costs its own answer only."""
-    sent = []
+    sent: list[tuple[int, Any, str | None]] = []
     for engine, one in _engine_views(view):
         try:
             sent.append((engine, one.apply_async(fn, *args), None))

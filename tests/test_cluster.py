@@ -158,7 +158,7 @@ def test_the_table_lists_both_engines_and_cleanup_ends_them_all(running: Running
     start_trees(running.view, "web")
     table = wait_full_trees(running.view, 2)
     web = [r for r in table.rows if r.name == "web"]  # earlier tests' rows read "stopped"
-    assert sorted(r.engine for r in web) == sorted(running.rc.ids)
+    assert {r.engine for r in web} == set(running.rc.ids) and len(web) == 2
     assert not table.errors
     host = os.uname().nodename
     for row in web:
@@ -214,6 +214,29 @@ def _sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
+@_remote
+def _kernel_end_record() -> str:
+    import ipyproctrack
+
+    return str(ipyproctrack.notebook_tracker().kernel_end_record)
+
+
+def records(view: Any) -> dict[int, Path]:
+    """Engine id -> the kernel-end record its teardown will write (the post-mortem)."""
+    result = view.apply_async(_kernel_end_record)
+    paths = result.get(30)
+    return dict(zip(result.engine_id, map(Path, paths), strict=True))
+
+
+def wait_record(path: Path, timeout: float = 5.0) -> str:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return path.read_text() if path.exists() else "(no record)"
+
+
 def _engine_pid(running: RunningCluster, engine: int) -> int:
     pid: int = running.rc[engine].apply_sync(os.getpid)
     assert psutil.Process(pid).ppid() == os.getpid(), "not an engine this test started"
@@ -229,12 +252,17 @@ def test_a_sigkilled_engine_and_a_shut_down_engine_leave_nothing(tmp_path: Path)
         first = [(pid, ct) for e, pid, ct in table.members() if e == 0]
         second = [(pid, ct) for e, pid, ct in table.members() if e == 1]
         assert len(first) == len(second) == TREE_SIZE
+        record = records(running.view)
 
         os.kill(_engine_pid(running, 0), signal.SIGKILL)  # no Python of the engine runs
         assert wait_dead(first, 3.0) == [], "engine 0's trees outlived its SIGKILL by 3 s"
+        # the keeper did it (and says so), not the engine
+        assert "kernel gone (" in wait_record(record[0]), wait_record(record[0])
 
         running.rc.shutdown(targets=[1], block=True)  # the kernel's do_shutdown runs
         assert wait_dead(second, 3.0) == [], "engine 1's trees outlived its shutdown"
+        text = wait_record(record[1])
+        assert text.startswith("kernel end by do_shutdown") and "all gone" in text, text
     finally:
         running.stop()
 
@@ -248,7 +276,44 @@ def test_stop_cluster_leaves_nothing(shared_cluster: RunningCluster) -> None:
     table = wait_full_trees(view, 2)
     members = [(pid, ct) for _, pid, ct in table.members()]
     assert len(members) >= 2 * TREE_SIZE + 2
+    record = records(view)
     # Cluster.stop_cluster(): SIGTERM to each engine, SIGKILL after 5 s
     shared_cluster.cluster.stop_cluster_sync()
     assert wait_dead(members, 3.0) == []
     shared_cluster.stop()
+    for path in record.values():
+        # The engine's SIGTERM handler stops its loop and the process exits normally, so our
+        # atexit hook tore everything down itself, in time: nothing had been taken down
+        # before it began (the engines' group handling never reached our trees).
+        text = wait_record(path)
+        assert text.startswith("kernel end by atexit") and "all gone" in text, text
+        assert "already gone" not in text and "STILL ALIVE" not in text, text
+
+
+@pytest.mark.timeout(180)
+def test_the_cluster_load_notebook_runs_clean(tmp_path: Path) -> None:
+    """notebooks/cluster_load.ipynb, through the demo runner (which fails on a cell error
+    or on any process of the run left alive, tracked or not, after the kernel ends)."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    output = tmp_path / "cluster_load.executed.ipynb"
+    run = subprocess.run(
+        [sys.executable, str(repo / "scripts" / "run_demo.py"), "--notebook",
+         str(repo / "notebooks" / "cluster_load.ipynb"), "--output", str(output)],
+        capture_output=True, text=True, timeout=170, cwd=tmp_path, env=dict(os.environ),
+    )
+    assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
+    out = run.stdout
+    for engine in (0, 1):
+        assert re.search(rf"\[engine {engine}\] load: pid \d+ running · ready in", out), out
+        assert re.search(rf"^\s+{engine}\s+\S+\s+load\s+\d+\s+running", out, re.M), out
+    assert re.search(r"2 workers: [1-9]\d* requests, 0 errors", out), out
+    assert "engines and their 2 tracked processes: 0 left" in out
+    assert "the server is gone" in out and "no tracked process is left" in out
+    nb = json.loads(output.read_text())
+    errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]
+              if o["output_type"] == "error"]
+    assert not errors
