@@ -28,7 +28,12 @@ ALLOWED: dict[str, set[str]] = {
     "_engine": {"_engine", "_keeper", "_proc", "_platform", "errors"},
     # A front: the engine and the exceptions, by module path; never _notebook.
     "pytest_plugin": {"_engine", "errors"},
+    # The cluster view: a front too. On the engines it measures and renders with the
+    # notebook's pure helpers (see CLUSTER_NOTEBOOK_MODULES), imported only in functions.
+    "cluster": {"_engine", "errors", "_notebook"},
 }
+# What the cluster front may use of _notebook: no IPython magics, sessions or widgets.
+CLUSTER_NOTEBOOK_MODULES = {f"{PACKAGE}._notebook.{m}" for m in ("engines", "stats", "views")}
 # Layers that must run in the keeper's interpreter: the standard library only.
 STDLIB_ONLY = ("_platform", "_proc", "_keeper")
 # The engine's client of the keeper runs in the kernel: it may use subprocess and friends,
@@ -148,6 +153,22 @@ def test_layers_import_only_the_layers_below() -> None:
                 continue
             if _layer(target) not in ALLOWED[layer]:
                 wrong.append(f"{name}:{line} imports {target}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_cluster_front_imports_notebook_helpers_and_ipyparallel_only_lazily() -> None:
+    name = f"{PACKAGE}.cluster"
+    tree = ast.parse(MODULES[name].read_text())
+    top_level = {node.lineno for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)}
+    wrong = []
+    for target, line in _imports(name):
+        if _is_type_checking_only(name, line):
+            continue
+        notebook = _layer(target) == "_notebook" and target.startswith(PACKAGE + ".")
+        if notebook and target not in CLUSTER_NOTEBOOK_MODULES:
+            wrong.append(f"{name}:{line} imports {target}")
+        if (notebook or target.split(".")[0] in ("ipyparallel", "IPython")) and line in top_level:
+            wrong.append(f"{name}:{line} imports {target} at import time")
     assert not wrong, "\n".join(wrong)
 
 

@@ -49,7 +49,7 @@ else:
     ReadySpec = Any
 
 # TrackedProcess lives in process.py; it is exported here with the Tracker that makes it.
-__all__ = ["TrackedProcess", "Tracker"]
+__all__ = ["TrackedProcess", "Tracker", "live_trackers"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,11 @@ def _drop_lifelines_in_child() -> None:
             with contextlib.suppress(OSError):
                 os.close(tracker._lifeline[1])
     _live_trackers.clear()
+
+
+def live_trackers() -> list[Tracker]:
+    """Every Tracker of this process that is not closed yet (a forked child has none)."""
+    return list(_live_trackers)
 
 
 if hasattr(os, "register_at_fork"):

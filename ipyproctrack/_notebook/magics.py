@@ -30,6 +30,7 @@ from ipyproctrack.errors import NotReadyError, ProcTrackError
 
 from .completion import run_to_completion
 from .config import grace_problem
+from .engines import engine_id, label_lines, on_engine
 from .spec import LaunchSpec
 from .views import CleanupView, LogsView, ProcessTable, first_line, status_line
 
@@ -370,18 +371,19 @@ class ProcTrackMagics(Magics):
         session = self.session
         spec, args = _launch_spec(line, cell, free_name=session.free_name)
         before = session.launched(spec.name)
+        engine = engine_id(self.shell)  # on an ipyparallel engine: "[engine N] " each line
         try:
             if session.widgets_enabled and not args.no_widget:
                 with _usage_errors(launching=True):
                     proc = session.launch_in_widget(spec)
             else:
                 if spec.ready:
-                    print(f"{spec.name}: starting, waiting for {spec.describe_ready()}…",
-                          flush=True)
+                    waiting = f"{spec.name}: starting, waiting for {spec.describe_ready()}…"
+                    print(label_lines(waiting, engine), flush=True)
                 with _usage_errors(launching=True):
                     proc = session.launch(spec)
                 if not args.wait_exit:
-                    print(status_line(proc), flush=True)
+                    print(label_lines(status_line(proc), engine), flush=True)
             if args.wait_exit:
                 run_to_completion(proc, timeout=args.timeout)
         except KeyboardInterrupt:
@@ -391,7 +393,7 @@ class ProcTrackMagics(Magics):
 
     @magic_arguments()
     @line_magic
-    def proctrack(self, line: str) -> ProcessTable:
+    def proctrack(self, line: str) -> object:
         """List the tracked processes: name, pid, state, uptime, processes in the tree,
         CPU% and RSS of the whole tree, listening TCP ports, log path.
 
@@ -400,10 +402,10 @@ class ProcTrackMagics(Magics):
         _parse("proctrack", line)
         session = self.session
         if not session.has_tracker:
-            return ProcessTable([], [], now=0.0)
+            return on_engine(ProcessTable([], [], now=0.0), self.shell)
         procs = session.tracker.processes()
         stats = session.sample_trees(procs, prime=0.1)
-        return ProcessTable(procs, stats, now=time.time())
+        return on_engine(ProcessTable(procs, stats, now=time.time()), self.shell)
 
     # ------------------------------------------------------------------ %proctrack_cleanup
 
@@ -415,7 +417,7 @@ class ProcTrackMagics(Magics):
     )
     @argument("-v", "--verbose", action="store_true", help="show every process's outcome")
     @line_magic
-    def proctrack_cleanup(self, line: str) -> CleanupView:
+    def proctrack_cleanup(self, line: str) -> object:
         """Phased teardown (SIGTERM, wait, SIGKILL, sweep) of the named trees, or of all.
 
         Shows one line per tree with escalations stated, and the details on demand.
@@ -426,14 +428,14 @@ class ProcTrackMagics(Magics):
         if not session.has_tracker:
             if args.names:
                 raise UsageError(f"no tracked process named {args.names[0]!r} (known: none)")
-            return CleanupView(None)
+            return on_engine(CleanupView(None), self.shell)
         tracker = session.tracker
         for name in args.names:
             if name not in tracker:
                 with _usage_errors():
                     tracker.get(name)  # raises UnknownProcessError with the known names
         report = tracker.cleanup(*args.names, grace=session.grace(args.grace))
-        return CleanupView(report, verbose=args.verbose)
+        return on_engine(CleanupView(report, verbose=args.verbose), self.shell)
 
     # ------------------------------------------------------------------ %proctrack_logs
 

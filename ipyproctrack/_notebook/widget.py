@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ipyproctrack._engine.state import Phase, ProcessState
 from ipyproctrack.errors import ProcTrackError
 
+from .engines import is_engine
 from .sparkline import sparklines_html
 from .stats import EMPTY_STATS, TreeStats
 from .views import (
@@ -59,9 +60,10 @@ def has_widget_frontend(shell: InteractiveShell | None) -> bool:
     """The one seam that decides widget or text (like tqdm.auto): decided once per load.
 
     True when the shell runs inside an ipykernel (it has a ``kernel`` with comms) and
-    ipywidgets imports. Terminal IPython and plain ``InteractiveShell`` get text.
+    ipywidgets imports. Terminal IPython, plain ``InteractiveShell`` and ipyparallel
+    engines (``%px`` relays no comm messages) get text.
     """
-    if shell is None or getattr(shell, "kernel", None) is None:
+    if shell is None or getattr(shell, "kernel", None) is None or is_engine(shell):
         return False
     if "ipykernel" not in sys.modules:
         return False
