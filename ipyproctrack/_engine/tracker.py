@@ -122,7 +122,7 @@ class Tracker(AbstractContextManager["Tracker"]):
         self._start_lock = threading.RLock()
         self._procs: dict[str, TrackedProcess] = {}
         self._counter = itertools.count(1)
-        self._loop = Loop()
+        self._loop = Loop(on_output=self._changed if on_change is not None else None)
         self._lifeline: tuple[int, int] | None = None
         self._on_change_failed = False
         # Windows Job Objects of every launch, replaced ones too: closed by close().
@@ -274,7 +274,6 @@ class Tracker(AbstractContextManager["Tracker"]):
                         max_bytes=self.log_max_bytes, backups=self.log_backups),
             tail_bytes=self.tail_bytes,
             tail_lines=self.tail_lines,
-            on_output=self._changed if self._on_change is not None else None,
         )
         proc = TrackedProcess(self, name=name, command=display, root=root, tag=tag, cwd=cwd,
                               sink=sink, checks=checks)
