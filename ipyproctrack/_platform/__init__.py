@@ -78,9 +78,10 @@ def set_subreaper() -> bool:
     return False
 
 
-def enlarge_pipe(fd: int) -> None:
+def enlarge_pipe(fd: int) -> int:
     """Let a fast writer run ahead between two reads of the drain loop, where pipes can
-    be resized (Linux)."""
+    be resized (Linux); the pipe's capacity in bytes afterwards, 0 when unknown."""
+    return 0
 
 
 def open_exit_waiter(pid: int) -> int | None:
