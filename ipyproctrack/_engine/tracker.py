@@ -95,8 +95,9 @@ class Tracker(AbstractContextManager["Tracker"]):
         log_backups: int = 10,
         on_change: Callable[[], None] | None = None,
     ) -> None:
-        """``on_change`` is called, from the drain thread, whenever a tracked process writes
-        output, exits or becomes ready: a cheap wake-up for a display (the widgets use it
+        """``on_change`` is called, from a background thread, whenever a tracked process
+        writes output (at most 20 times a second while output flows, and once after it
+        stops), exits or becomes ready: a cheap wake-up for a display (the widgets use it
         to sleep while nothing happens). It must not block."""
         self._on_change = on_change
         self.session_tag = f"{os.getpid()}-{secrets.token_hex(6)}"

@@ -41,7 +41,8 @@ HAS_SUBREAPER = IS_LINUX
 # POSIX launches go through a keeper process of ours (ipyproctrack/_keeper/): the
 # command's parent, a subreaper on Linux, and a watchdog on the kernel's lifeline.
 USE_KEEPER = IS_POSIX
-# Pipes can be watched by the event loop (add_reader); Windows needs reader threads.
+# Pipes can be selected (epoll, poll): one drain thread reads them all. Windows needs a
+# reader thread per pipe.
 ASYNC_PIPES = IS_POSIX
 
 TAG_SESSION = "IPYPROCTRACK_SESSION"
