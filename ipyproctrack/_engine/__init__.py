@@ -6,7 +6,9 @@ One job per module:
 - ``tracker``: ``Tracker``, one session's registry (get, start, cleanup, close).
 - ``process``: ``TrackedProcess``, one launch, and its state machine (phases in ``state``).
 - ``launch``: argument checks before anything runs, and spawning the root process.
-- ``loop``: the background anyio loop thread: output drains and exit watches.
+- ``loop``: the background anyio loop thread: exit watches, readiness waits (and the
+  Windows drain).
+- ``drain``: the drain thread that reads every pipe (POSIX).
 - ``output``: where output goes (``OutputSink``: rotating log, tail, subscribers).
 - ``ready/``: readiness checks (``checks``) and the one deadline loop (``wait``).
 - ``ports``: who holds a port, which ports a tree listens on.

@@ -1,5 +1,6 @@
-"""The background loop: one anyio event loop on a thread of its own per Tracker, which
-drains every root's output and watches for its exit, whatever the caller's thread does."""
+"""The background threads of a Tracker, which run whatever the caller's thread does: one
+anyio event loop (exit watches, readiness waits) and, on POSIX, one drain thread
+(``drain.py``) that reads every root's output. Windows drains with reader threads here."""
 
 from __future__ import annotations
 
@@ -9,15 +10,16 @@ import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
+from functools import partial
 from typing import TypeVar
 
 import anyio
 import anyio.from_thread
-import anyio.lowlevel
 import anyio.to_thread
 
 from .. import _platform as plat
 from .._keeper.protocol import read_status_events
+from .drain import READ_SIZE, Drain
 from .launch import Root
 from .output import STDERR, STDOUT, OutputSink
 
@@ -25,17 +27,17 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_FAIR_SHARE = 4 << 20
-_READ_SIZE = 1 << 18  # larger single writes to the log get slower on some disks
-
 
 class Loop:
-    """A blocking portal into one anyio loop thread, started on first use."""
+    """A blocking portal into one anyio loop thread, and the drain thread; each started on
+    first use. ``on_output`` is the display's wake-up (throttled on POSIX)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, on_output: Callable[[], None] | None = None) -> None:
         self._lock = threading.Lock()  # guards _portal and _cm: start and stop race
         self._cm: AbstractContextManager[anyio.from_thread.BlockingPortal] | None = None
         self._portal: anyio.from_thread.BlockingPortal | None = None
+        self._on_output = on_output
+        self._drain = Drain(on_output=on_output)
 
     def _get_portal(self) -> anyio.from_thread.BlockingPortal:
         with self._lock:
@@ -58,12 +60,23 @@ class Loop:
         drained: threading.Event,
     ) -> None:
         """Drain ``root``'s pipes into ``sink`` and report its exit code to ``on_exit``
-        (on the loop thread); ``drained`` is set once every byte is in the sink."""
-        self.run_soon(lambda: _supervise(root, sink, on_exit, drained))
+        (on the loop thread); ``drained`` is set once both pipes are closed and every byte
+        is in the sink (the exit is reported apart: waiting for the keeper to exit too
+        would add 10-30 ms to the end of every output)."""
+        finish = _Finish(sink, drained)
+        if plat.ASYNC_PIPES:
+            self._drain.add(root.out_fd, STDOUT, sink, finish.part_done)
+            self._drain.add(root.err_fd, STDERR, sink, finish.part_done)
+        else:
+            for fd, stream in ((root.out_fd, STDOUT), (root.err_fd, STDERR)):
+                self.run_soon(partial(_drain_threaded, sink, fd, stream, self._on_output,
+                                      finish.part_done))
+        self.run_soon(partial(_watch_exit, root, on_exit))
 
     def stop(self) -> None:
-        """Cancel every task and end the loop thread. Idempotent; raises what stopping
-        raised (the caller reports it)."""
+        """End the drain thread (closing every pipe still open), cancel every task and end
+        the loop thread. Idempotent; raises what stopping raised (the caller reports it)."""
+        self._drain.stop()
         with self._lock:
             portal, cm = self._portal, self._cm
             self._portal = self._cm = None
@@ -72,57 +85,52 @@ class Loop:
             cm.__exit__(None, None, None)
 
 
-async def _supervise(
-    root: Root, sink: OutputSink, on_exit: Callable[[int], None], drained: threading.Event
-) -> None:
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_drain, sink, root.out_fd, STDOUT)
-            tg.start_soon(_drain, sink, root.err_fd, STDERR)
-            tg.start_soon(_watch_exit, root, on_exit)
-    finally:
-        try:
-            sink.close()
-        finally:
-            drained.set()
+class _Finish:
+    """Closes a sink and sets its ``drained`` event once both its pipes are done,
+    whichever thread finishes last."""
 
+    def __init__(self, sink: OutputSink, drained: threading.Event) -> None:
+        self._sink = sink
+        self._drained = drained
+        self._left = 2
+        self._lock = threading.Lock()
 
-async def _drain(sink: OutputSink, fd: int, stream: str) -> None:
-    """Read until EOF, whatever the caller's thread is doing."""
-    try:
-        if not plat.ASYNC_PIPES:
-            await _drain_threaded(sink, fd, stream)
-            return
-        os.set_blocking(fd, False)
-        plat.enlarge_pipe(fd)
-        run = 0  # bytes read since the loop last ran anything else
-        while True:
+    def part_done(self) -> None:
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
             try:
-                data = os.read(fd, _READ_SIZE)
-            except BlockingIOError:
-                await anyio.wait_readable(fd)
-                run = 0
-                continue
-            if not data:
-                return
+                self._sink.close()
+            finally:
+                self._drained.set()
+
+
+async def _drain_threaded(
+    sink: OutputSink,
+    fd: int,
+    stream: str,
+    on_output: Callable[[], None] | None,
+    done: Callable[[], None],
+) -> None:
+    """Read until EOF with blocking reads on a worker thread (Windows pipes cannot be
+    selected)."""
+    limiter = anyio.CapacityLimiter(1)
+    try:
+        while data := await anyio.to_thread.run_sync(
+            os.read, fd, READ_SIZE, abandon_on_cancel=True, limiter=limiter
+        ):
             sink.feed(stream, data)
-            run += len(data)
-            if run >= _FAIR_SHARE:  # in a flood, other pipes get their turn now and then
-                run = 0
-                await anyio.lowlevel.checkpoint()
+            if on_output is not None:
+                on_output()
     except OSError as exc:
         log.warning("reading %s failed: %s", stream, exc)
         sink.feed(STDERR, f"\n[ipyproctrack: reading {stream} failed: {exc}]\n".encode())
     finally:
-        os.close(fd)
-
-
-async def _drain_threaded(sink: OutputSink, fd: int, stream: str) -> None:
-    limiter = anyio.CapacityLimiter(1)
-    while data := await anyio.to_thread.run_sync(
-        os.read, fd, _READ_SIZE, abandon_on_cancel=True, limiter=limiter
-    ):
-        sink.feed(stream, data)
+        try:
+            os.close(fd)
+        finally:
+            done()
 
 
 async def _watch_exit(root: Root, on_exit: Callable[[int], None]) -> None:

@@ -102,12 +102,10 @@ class OutputSink:
         *,
         tail_bytes: int,
         tail_lines: int,
-        on_output: Callable[[], None] | None = None,
         deliveries: Deliveries | None = None,
     ) -> None:
         self.log = log
         self._deliveries = deliveries if deliveries is not None else Deliveries()
-        self._on_output = on_output
         self.tail_bytes = max(tail_bytes, 1024)
         self.tail_lines = max(tail_lines, 1)
         self.version = 0
@@ -121,12 +119,12 @@ class OutputSink:
     # --- the drain side --------------------------------------------------------------------
     def feed(self, stream: str, data: bytes) -> None:
         # Called once per read, so kept lean: no trimming below the bound, no copy of the
-        # subscriber list unless there are subscribers.
+        # subscriber list unless there are subscribers. Displays are woken by the drain
+        # (throttled), not here.
         self.log.write(data)
         size = len(data)
         with self._lock:
-            tail = self._tail
-            tail.append((stream, data))
+            self._tail.append((stream, data))
             self._tail_size += size
             if self._tail_size >= self.tail_bytes:
                 self._trim_bytes()
@@ -137,8 +135,6 @@ class OutputSink:
             chunk = OutputChunk(stream, data)
             for sub in subs:
                 self._offer(sub, chunk)
-        if self._on_output is not None:
-            self._on_output()
 
     def _trim_bytes(self) -> None:
         # Whole reads only: cheap enough for the hot path (no line counting here).

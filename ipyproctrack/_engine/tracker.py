@@ -121,8 +121,9 @@ class Tracker(AbstractContextManager["Tracker"]):
         ``log_backups`` old files; all the session's logs together keep at most
         ``log_budget_bytes`` (the oldest rotated files go first). 0 or less: unlimited.
 
-        ``on_change`` is called, from the drain thread, whenever a tracked process writes
-        output, exits or becomes ready: a cheap wake-up for a display (the widgets use it
+        ``on_change`` is called, from a background thread, whenever a tracked process
+        writes output (at most 20 times a second while output flows, and once after it
+        stops), exits or becomes ready: a cheap wake-up for a display (the widgets use it
         to sleep while nothing happens). It must not block. ``close_at_exit=False``: the
         caller closes the Tracker when the program ends (the notebook's hooks do). Every
         ``metrics_interval`` seconds (None: never) one thread samples every tree's CPU and
@@ -151,7 +152,7 @@ class Tracker(AbstractContextManager["Tracker"]):
         self._start_lock = threading.RLock()
         self._procs: dict[str, TrackedProcess] = {}
         self._counter = itertools.count(1)
-        self._loop = Loop()
+        self._loop = Loop(on_output=self._changed if on_change is not None else None)
         self._lifeline: tuple[int, int] | None = None
         self._on_change_failed = False
         # Windows Job Objects of every launch, replaced ones too: closed by close().
@@ -331,7 +332,6 @@ class Tracker(AbstractContextManager["Tracker"]):
                         budget=self.log_budget),
             tail_bytes=self.tail_bytes,
             tail_lines=self.tail_lines,
-            on_output=self._changed if self._on_change is not None else None,
             deliveries=self._deliveries,
         )
         proc = TrackedProcess(self, name=name, command=display, root=root, tag=tag, cwd=cwd,

@@ -41,7 +41,8 @@ HAS_SUBREAPER = IS_LINUX
 # POSIX launches go through a keeper process of ours (ipyproctrack/_keeper/): the
 # command's parent, a subreaper on Linux, and a watchdog on the kernel's lifeline.
 USE_KEEPER = IS_POSIX
-# Pipes can be watched by the event loop (add_reader); Windows needs reader threads.
+# Pipes can be selected (epoll, poll): one drain thread reads them all. Windows needs a
+# reader thread per pipe.
 ASYNC_PIPES = IS_POSIX
 
 # Opening a log never follows a symlink planted at its path (0 where the OS has no such flag).
@@ -81,9 +82,10 @@ def set_subreaper() -> bool:
     return False
 
 
-def enlarge_pipe(fd: int) -> None:
+def enlarge_pipe(fd: int) -> int:
     """Let a fast writer run ahead between two reads of the drain loop, where pipes can
-    be resized (Linux)."""
+    be resized (Linux); the pipe's capacity in bytes afterwards, 0 when unknown."""
+    return 0
 
 
 def open_exit_waiter(pid: int) -> int | None:

@@ -5,17 +5,22 @@ from __future__ import annotations
 import os
 
 _F_SETPIPE_SZ = 1031
+_F_GETPIPE_SZ = 1032
 _PR_SET_CHILD_SUBREAPER = 36
 
 
-def enlarge_pipe(fd: int) -> None:
+def enlarge_pipe(fd: int) -> int:
     """A 1 MiB pipe lets a fast writer run ahead between two reads of the drain loop."""
     import fcntl
 
-    try:  # noqa: SIM105 (no contextlib: the keeper imports little)
-        fcntl.fcntl(fd, _F_SETPIPE_SZ, 1 << 20)
+    try:
+        return fcntl.fcntl(fd, _F_SETPIPE_SZ, 1 << 20)
     except OSError:  # over /proc/sys/fs/pipe-max-size for this user: keep the default
         pass
+    try:
+        return fcntl.fcntl(fd, _F_GETPIPE_SZ)
+    except OSError:
+        return 0
 
 
 def open_exit_waiter(pid: int) -> int | None:
