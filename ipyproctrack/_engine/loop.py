@@ -56,10 +56,12 @@ class Loop:
         *,
         on_exit: Callable[[int], None],
         drained: threading.Event,
+        on_event: Callable[[dict[str, object]], None] | None = None,
     ) -> None:
         """Drain ``root``'s pipes into ``sink`` and report its exit code to ``on_exit``
-        (on the loop thread); ``drained`` is set once every byte is in the sink."""
-        self.run_soon(lambda: _supervise(root, sink, on_exit, drained))
+        (on the loop thread); ``drained`` is set once every byte is in the sink.
+        ``on_event`` gets the keeper's other status events (``limit_exceeded``)."""
+        self.run_soon(lambda: _supervise(root, sink, on_exit, drained, on_event))
 
     def stop(self) -> None:
         """Cancel every task and end the loop thread. Idempotent; raises what stopping
@@ -73,13 +75,14 @@ class Loop:
 
 
 async def _supervise(
-    root: Root, sink: OutputSink, on_exit: Callable[[int], None], drained: threading.Event
+    root: Root, sink: OutputSink, on_exit: Callable[[int], None], drained: threading.Event,
+    on_event: Callable[[dict[str, object]], None] | None = None,
 ) -> None:
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_drain, sink, root.out_fd, STDOUT)
             tg.start_soon(_drain, sink, root.err_fd, STDERR)
-            tg.start_soon(_watch_exit, root, on_exit)
+            tg.start_soon(_watch_exit, root, on_exit, on_event)
     finally:
         try:
             sink.close()
@@ -125,11 +128,14 @@ async def _drain_threaded(sink: OutputSink, fd: int, stream: str) -> None:
         sink.feed(stream, data)
 
 
-async def _watch_exit(root: Root, on_exit: Callable[[int], None]) -> None:
+async def _watch_exit(
+    root: Root, on_exit: Callable[[int], None],
+    on_event: Callable[[dict[str, object]], None] | None = None,
+) -> None:
     popen = root.popen
     reported = False
     if root.status_fd is not None:
-        reported = await _follow_keeper(root.status_fd, on_exit)
+        reported = await _follow_keeper(root.status_fd, on_exit, on_event)
     else:
         waiter = plat.open_exit_waiter(popen.pid)
         if waiter is not None:
@@ -149,7 +155,10 @@ async def _watch_exit(root: Root, on_exit: Callable[[int], None]) -> None:
         on_exit(rc)
 
 
-async def _follow_keeper(fd: int, on_exit: Callable[[int], None]) -> bool:
+async def _follow_keeper(
+    fd: int, on_exit: Callable[[int], None],
+    on_event: Callable[[dict[str, object]], None] | None = None,
+) -> bool:
     """Read the keeper's status events until it exits (EOF); whether it reported the
     command's exit."""
     buf = bytearray()
@@ -168,6 +177,8 @@ async def _follow_keeper(fd: int, on_exit: Callable[[int], None]) -> bool:
                 if event.get("event") == "exited" and isinstance(rc, int):
                     reported = True
                     on_exit(rc)
+                elif on_event is not None:
+                    on_event(event)
     except OSError as exc:
         log.warning("reading the keeper's status failed: %s", exc)
         return reported

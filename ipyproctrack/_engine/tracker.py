@@ -30,6 +30,7 @@ from .._proc.scan import scan_processes
 from .._proc.teardown import CleanupReport, run_teardown
 from ..errors import LaunchError, NameInUseError, TrackerClosedError, UnknownProcessError
 from .launch import argv_of, check_executable, checked_cwd, child_env, spawn_root
+from .limits import parse_runtime, parse_size
 from .logdirs import checked_log_dir, new_session_dir
 from .logfiles import LogBudget, RotatingLog
 from .loop import Loop
@@ -192,6 +193,8 @@ class Tracker(AbstractContextManager["Tracker"]):
         ready: ReadySpec = None,
         ready_timeout: float = 30.0,
         on_launched: Callable[[TrackedProcess], None] | None = None,
+        max_memory: str | int | None = None,
+        max_runtime: float | None = None,
     ) -> TrackedProcess:
         """Start ``command`` in its own session, tagged, with its output drained at once.
 
@@ -201,8 +204,10 @@ class Tracker(AbstractContextManager["Tracker"]):
         tree at once and starts nothing). ``on_launched(proc)`` runs once the process
         exists, before any readiness wait; if it raises, the process is torn down and the
         exception propagates. With ``ready``, block until the checks
-        pass (see wait_ready). Raises LaunchError before anything runs when the command,
-        its directory or the name cannot be used."""
+        pass (see wait_ready). ``max_memory`` (bytes, "512M") and ``max_runtime`` (s):
+        the keeper tears the tree down past one (``proc.limit_exceeded`` says which).
+        Raises LaunchError before anything runs when an argument cannot be used."""
+        limits = (parse_size(max_memory), parse_runtime(max_runtime))
         argv, display = argv_of(command)
         workdir = checked_cwd(cwd)
         full_env = child_env(env, session_tag=self.session_tag)
@@ -213,7 +218,7 @@ class Tracker(AbstractContextManager["Tracker"]):
             name = self._name_to_launch(name, command, replace=replace, replace_grace=replace_grace)
             self._check_ports(checks)
             proc = self._launch(argv, display, name=name, cwd=workdir, env=full_env,
-                                checks=checks)
+                                checks=checks, limits=limits)
         if on_launched is not None:
             self._call_on_launched(on_launched, proc)
         if checks:
@@ -253,12 +258,15 @@ class Tracker(AbstractContextManager["Tracker"]):
         ready: ReadySpec = None,
         ready_timeout: float = 30.0,
         on_launched: Callable[[TrackedProcess], None] | None = None,
+        max_memory: str | int | None = None,
+        max_runtime: float | None = None,
     ) -> TrackedProcess:
         """start() on a worker thread, so the caller's event loop keeps running."""
         return await anyio.to_thread.run_sync(
             partial(self.start, command, name=name, cwd=cwd, env=env, replace=replace,
                     replace_grace=replace_grace, ready=ready, ready_timeout=ready_timeout,
-                    on_launched=on_launched)
+                    on_launched=on_launched, max_memory=max_memory,
+                    max_runtime=max_runtime)
         )
 
     def _name_to_launch(
@@ -325,13 +333,16 @@ class Tracker(AbstractContextManager["Tracker"]):
         cwd: Path,
         env: dict[str, str],
         checks: list[ReadinessCheck],
+        limits: tuple[int, float] = (0, 0.0),
     ) -> TrackedProcess:
-        """Spawn, register and start draining; the checks see every byte of output."""
+        """Spawn, register and start draining; the checks see every byte of output.
+        ``limits``: (max_memory bytes, max_runtime s), 0 for none."""
         tag = f"{self.session_tag}.{next(self._counter)}"
         env[plat.TAG_PROCESS] = tag
         root = spawn_root(argv, cwd=cwd, env=env, tag=tag, session=self.session_tag,
                           lifeline=self._lifeline_read, keeper_grace=min(self.grace, 1.5),
-                          name=name, record=str(self.kernel_end_record))
+                          name=name, record=str(self.kernel_end_record),
+                          max_memory=limits[0], max_runtime=limits[1])
         sink = OutputSink(
             RotatingLog(self.log_dir / f"{self._log_stem(name)}.log",
                         max_bytes=self.log_max_bytes, backups=self.log_backups,
@@ -370,7 +381,7 @@ class Tracker(AbstractContextManager["Tracker"]):
 
     def _supervise(self, proc: TrackedProcess) -> None:
         self._loop.supervise(proc._root, proc._sink, on_exit=proc._root_exited,
-                             drained=proc._drained)
+                             drained=proc._drained, on_event=proc._keeper_event)
 
     def _lifeline_read(self) -> int:
         """The read end every keeper watches; only this process holds the write end."""

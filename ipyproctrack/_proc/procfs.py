@@ -64,6 +64,17 @@ def start_seconds(pid: int) -> float:
     return st[4] / CLK_TCK if st is not None else 0.0
 
 
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def read_rss(pid: int) -> int | None:
+    """Resident set size of ``pid`` in bytes (``/proc/<pid>/statm``), or None if gone."""
+    try:
+        return int(_read(f"/proc/{pid}/statm", size=256).split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _value(env: bytes, key: bytes) -> str | None:
     """The value of an exact variable ``key`` (b"NAME=") in an environment block."""
     if env.startswith(key):
