@@ -28,6 +28,7 @@ from ipyproctrack._engine.ready import HttpReady, OutputReady, PortReady
 from ipyproctrack.errors import NotReadyError, ProcTrackError
 
 from .config import grace_problem
+from .links import port_url
 from .spec import LaunchSpec
 from .views import CleanupView, LogsView, ProcessTable, first_line, status_line
 
@@ -356,7 +357,8 @@ class ProcTrackMagics(Magics):
             return ProcessTable([], [], now=0.0)
         procs = session.tracker.processes()
         stats = session.sample_trees(procs, prime=0.1)
-        return ProcessTable(procs, stats, now=time.time())
+        link = functools.partial(port_url, proxy_url=session.config.proxy_url)
+        return ProcessTable(procs, stats, now=time.time(), link=link)
 
     # ------------------------------------------------------------------ %proctrack_cleanup
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ipyproctrack._engine.state import Phase, ProcessState
 from ipyproctrack.errors import ProcTrackError
 
+from .links import port_url, ports_html
 from .stats import EMPTY_STATS, TreeStats
 from .views import (
     ERROR_COLOR,
@@ -302,7 +303,8 @@ class ProcessWidget:
             parts.append(f"{st.count} proc{'s' if st.count != 1 else ''}")
             parts.append(f"CPU {st.cpu_text()}")
             parts.append(f"RSS {format_bytes(st.rss)}")
-            parts.append(f"ports {html.escape(st.ports_text())}")
+            link = functools.partial(port_url, proxy_url=self.host.config.proxy_url)
+            parts.append(f"ports {ports_html(st.ports, link)}")
         sub = ""
         if self.phase is WidgetPhase.FAILED and self.error:
             sub = f'<div style="color:{ERROR_COLOR}">{html.escape(self.error)}</div>'
