@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _kernels import Kernel
 
 from ipyproctrack import TrackedProcess, Tracker
 from ipyproctrack._engine.limits import parse_runtime, parse_size
@@ -101,3 +103,28 @@ def test_a_bad_limit_fails_before_anything_runs(tracker: Tracker) -> None:
     with pytest.raises(LaunchError, match="max_memory"):
         tracker.start("sleep 1000", name="x", max_memory="plenty")
     assert tracker.processes() == []
+
+
+# ----------------------------------------------------------------------------- magics
+
+
+def test_max_memory_in_a_cell_stops_the_tree_and_the_table_says_why(shared: Kernel) -> None:
+    shared.ok(f"%%tracked hog --max-memory 100M --no-widget\n{HOG}\n")
+    deadline = time.monotonic() + 20
+    table = ""
+    while time.monotonic() < deadline and "memory limit" not in table:
+        table = shared.ok("%proctrack").text()
+        time.sleep(0.2)
+    row = next(line for line in table.splitlines() if line.startswith("hog"))
+    assert re.search(r"stopped: memory limit \(\d+ MiB > 100 MiB\)", row), table
+    why = shared.value("__import__('ipyproctrack').tracked('hog').limit_exceeded")
+    assert re.fullmatch(r"memory: tree RSS \d+ MiB > limit 100 MiB", why), why
+
+
+def test_a_bad_limit_option_is_one_line(shared: Kernel) -> None:
+    out = shared.run("%%tracked x --max-memory plenty\nsleep 1000\n").stderr
+    assert "UsageError: --max-memory: bad max_memory 'plenty'" in out, out
+    out = shared.run("%%tracked x --max-runtime -1\nsleep 1000\n").stderr
+    assert "UsageError: --max-runtime: max_runtime must be" in out, out
+    names = shared.value("[p.name for p in __import__('ipyproctrack').notebook_tracker()]")
+    assert "x" not in names

@@ -23,6 +23,7 @@ from IPython.core import magic_arguments as _ipy_magic_arguments
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
+from ipyproctrack._engine.limits import parse_runtime, parse_size
 from ipyproctrack._engine.naming import base_name
 from ipyproctrack._engine.ready import HttpReady, OutputReady, PortReady
 from ipyproctrack.errors import NotReadyError, ProcTrackError
@@ -50,6 +51,7 @@ _WORD = re.compile(r"""\s*((?:[^\s'"\\]+|'[^']*'|"(?:\\.|[^"\\])*"|\\.)+)""")
 # IPython's magic_arguments is untyped; give its three entry points their real types.
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_V = TypeVar("_V")
 
 
 class _Decorator(Protocol):
@@ -143,6 +145,15 @@ def _check_grace(value: float | None) -> None:
 def _check_timeout(value: float | None) -> None:
     if value is not None and not (math.isfinite(value) and value > 0):  # NaN, inf too
         raise UsageError(f"--timeout must be a finite number of seconds > 0, not {value:g}")
+
+
+def _checked_limit(parse: Callable[[Any], object], value: _V, option: str) -> _V:
+    """``value`` when the engine accepts it as a limit (checked before anything runs)."""
+    try:
+        parse(value)
+    except ProcTrackError as exc:
+        raise UsageError(f"{option}: {first_line(exc)}") from None
+    return value
 
 
 def _checked_cwd(option_value: str) -> str:
@@ -243,6 +254,8 @@ def _launch_spec(
         ready=checks,
         ready_timeout=30.0 if args.timeout is None else args.timeout,
         make_ready=functools.partial(_readiness, args),
+        max_memory=_checked_limit(parse_size, args.max_memory, "--max-memory"),
+        max_runtime=_checked_limit(parse_runtime, args.max_runtime, "--max-runtime"),
     )
     return spec, bool(args.no_widget)
 
@@ -298,6 +311,13 @@ class ProcTrackMagics(Magics):
         "or replaced (default: ProcTrackConfig.grace)",
     )
     @argument("--no-widget", action="store_true", help="print a status line instead of a widget")
+    @argument(
+        "--max-memory", metavar="SIZE",
+        help="tear the tree down when its RSS passes SIZE (512M, 1G, or bytes); the "
+        "keeper watches, also while the kernel is busy",
+    )
+    @argument("--max-runtime", type=float, metavar="S",
+              help="tear the tree down after S seconds of wall-clock time")
     @argument("--wait-port", type=int, metavar="P", help="block until 127.0.0.1:P accepts TCP")
     @argument("--wait-http", metavar="URL", help="block until URL answers with 2xx or 3xx")
     @argument("--wait-output", metavar="REGEX", help="block until the output matches REGEX")
@@ -312,6 +332,7 @@ class ProcTrackMagics(Magics):
         Cell form::
 
             %%tracked [NAME] [--cwd DIR] [--env KEY=VALUE]... [--grace S] [--no-widget]
+                      [--max-memory SIZE] [--max-runtime S]
                       [--wait-port P | --wait-http URL | --wait-output REGEX] [--timeout S]
             python -m http.server 8000 --bind 127.0.0.1
 

@@ -140,6 +140,8 @@ class NotebookSession:
             ready=list(spec.ready) or None,
             ready_timeout=spec.ready_timeout,
             on_launched=launched,
+            max_memory=spec.max_memory,
+            max_runtime=spec.max_runtime,
         )
 
     def launch_in_widget(self, spec: LaunchSpec) -> TrackedProcess:
