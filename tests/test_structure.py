@@ -28,6 +28,9 @@ ALLOWED: dict[str, set[str]] = {
     "_engine": {"_engine", "_keeper", "_proc", "_platform", "errors"},
     # A front: the engine and the exceptions, by module path; never _notebook.
     "pytest_plugin": {"_engine", "errors"},
+    # The command line: a front over the engine, like the pytest plugin.
+    "_cli": {"_engine", "errors"},
+    "__main__": {"_cli"},
 }
 # Layers that must run in the keeper's interpreter: the standard library only.
 STDLIB_ONLY = ("_platform", "_proc", "_keeper")

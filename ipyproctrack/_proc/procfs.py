@@ -172,6 +172,23 @@ def forget_tags() -> None:
     _tag_cache = {}
 
 
+def argv(pid: int) -> list[str]:
+    """The command line as its arguments ([] when gone, a zombie or a kernel thread)."""
+    try:
+        raw = _read(f"/proc/{pid}/cmdline")
+    except OSError:
+        return []
+    return [a.decode("utf-8", "replace") for a in raw.split(b"\0")[:-1]] if raw else []
+
+
+def owner(pid: int) -> int | None:
+    """The uid that owns ``pid``, or None when it is gone."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
 def command(pid: int) -> str:
     """The command line as one string; "[comm]" for kernel threads and zombies; "" when
     the process is gone."""
