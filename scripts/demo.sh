@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Execute notebooks/demo.ipynb headless, with real tracked servers: ./scripts/demo.sh
+# Execute a notebook headless (default notebooks/demo.ipynb), with real tracked servers:
+#   ./scripts/demo.sh [NOTEBOOK]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Execute notebooks/demo.ipynb headless, print what its cells printed, check for leftovers.
 
-    python scripts/run_demo.py [--notebook PATH] [--output PATH] [--timeout S]
+    python scripts/run_demo.py [NOTEBOOK] [--notebook PATH] [--output PATH] [--timeout S]
 
 The notebook runs in a fresh ``python3`` kernel of this interpreter (jupyter_client runs
 the native kernel with ``sys.executable``), through nbclient. The executed notebook is
@@ -176,11 +176,16 @@ def run(notebook: Path, output: Path, timeout: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("notebook_arg", nargs="?", type=Path, metavar="NOTEBOOK",
+                        help="the notebook to run (default notebooks/demo.ipynb)")
     parser.add_argument("--notebook", type=Path, default=DEFAULT_NOTEBOOK)
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--output", type=Path, default=None,
+                        help="default build/<notebook>.executed.ipynb")
     parser.add_argument("--timeout", type=float, default=120.0, help="per cell, seconds")
     args = parser.parse_args(argv)
-    return run(args.notebook.resolve(), args.output.resolve(), args.timeout)
+    notebook = args.notebook_arg or args.notebook
+    output = args.output or DEFAULT_OUTPUT.with_name(f"{notebook.stem}.executed.ipynb")
+    return run(notebook.resolve(), output.resolve(), args.timeout)
 
 
 if __name__ == "__main__":
