@@ -84,14 +84,15 @@ def test_list_shows_another_processs_server_with_its_pid(owner: Owner) -> None:
 
 def test_cleanup_of_one_session_ends_it_and_its_tracker_sees_the_exit(owner: Owner) -> None:
     child, tag, pid, _ = owner
-    ident = (pid, create_time(pid))
+    ctime = create_time(pid)
+    assert ctime is not None
     out = _cli("cleanup", tag, "--grace", "1")
     assert out.returncode == 0, out.stdout + out.stderr
     assert f"cleaning up 1 session(s): {tag}" in out.stdout
     assert "web" in out.stdout
     assert child.stdout is not None
     assert child.stdout.readline().split() == ["returncode", "-15"]  # SIGTERM, seen by it
-    assert wait_dead([ident], 5.0) == []
+    assert wait_dead([(pid, ctime)], 5.0) == []
 
 
 def test_cleanup_needs_a_choice_and_knows_the_sessions() -> None:

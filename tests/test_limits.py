@@ -54,7 +54,7 @@ def test_sizes_and_runtimes_parse() -> None:
     assert parse_runtime(None) == 0.0 and parse_runtime(5) == 5.0
     for bad in ("lots", "-1M", 0, True, "1X"):
         with pytest.raises(LaunchError, match="max_memory"):
-            parse_size(bad)  # type: ignore[arg-type]
+            parse_size(bad)
     for bad_s in (0, -1.0, float("nan"), float("inf")):
         with pytest.raises(LaunchError, match="max_runtime"):
             parse_runtime(bad_s)
