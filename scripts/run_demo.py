@@ -2,7 +2,7 @@
 """Execute a notebook (default notebooks/demo.ipynb) headless, print what its cells printed,
 check for leftovers.
 
-    python scripts/run_demo.py [--notebook PATH] [--output PATH] [--timeout S]
+    python scripts/run_demo.py [NOTEBOOK] [--notebook PATH] [--output PATH] [--timeout S]
 
 The notebook runs in a fresh ``python3`` kernel of this interpreter (jupyter_client runs
 the native kernel with ``sys.executable``), through nbclient, in the notebook's directory.
@@ -177,12 +177,16 @@ def run(notebook: Path, output: Path, timeout: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("notebook_arg", nargs="?", type=Path, metavar="NOTEBOOK",
+                        help="the notebook to run (default notebooks/demo.ipynb)")
     parser.add_argument("--notebook", type=Path, default=DEFAULT_NOTEBOOK)
-    parser.add_argument("--output", type=Path, help="default build/<name>.executed.ipynb")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="default build/<notebook>.executed.ipynb")
     parser.add_argument("--timeout", type=float, default=120.0, help="per cell, seconds")
     args = parser.parse_args(argv)
-    output = args.output or BUILD / f"{args.notebook.stem}.executed.ipynb"
-    return run(args.notebook.resolve(), output.resolve(), args.timeout)
+    notebook = args.notebook_arg or args.notebook
+    output = args.output or BUILD / f"{notebook.stem}.executed.ipynb"
+    return run(notebook.resolve(), output.resolve(), args.timeout)
 
 
 if __name__ == "__main__":

@@ -68,8 +68,9 @@ class Result:
 class Kernel:
     """One real ipykernel with the extension loaded."""
 
-    def __init__(self) -> None:
-        env = dict(os.environ)
+    def __init__(self, *, env: dict[str, str] | None = None) -> None:
+        """``env``: extra variables for the kernel's environment."""
+        env = {**os.environ, **(env or {})}
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO), env.get("PYTHONPATH", "")) if p
         )

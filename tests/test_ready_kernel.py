@@ -342,7 +342,8 @@ def test_listening_ports_of_a_grandchild_show_in_proctrack(shared: Kernel) -> No
     # the widget's header shows them too (it refreshes on its own while cells run)
     later = shared.ok("import time; time.sleep(1.5)")
     headers = [json.dumps(m["content"].get("data", {})) for m in later.of("comm_msg")]
-    assert any(f"ports {port}" in h for h in headers), headers[-3:]
+    link = f'ports <a href=\\"http://127.0.0.1:{port}/\\"'  # as a link, JSON-escaped
+    assert any(link in h and f">{port}</a>" in h for h in headers), headers[-3:]
 
     table = shared.ok("%proctrack").text()
     print(table)

@@ -31,6 +31,9 @@ ALLOWED: dict[str, set[str]] = {
     # The cluster view: a front too. On the engines it measures and renders with the
     # notebook's pure helpers (see CLUSTER_NOTEBOOK_MODULES), imported only in functions.
     "cluster": {"_engine", "errors", "_notebook"},
+    # The command line: a front over the engine, like the pytest plugin.
+    "_cli": {"_engine", "errors"},
+    "__main__": {"_cli"},
 }
 # What the cluster front may use of _notebook: no IPython magics, sessions or widgets.
 CLUSTER_NOTEBOOK_MODULES = {f"{PACKAGE}._notebook.{m}" for m in ("engines", "stats", "views")}

@@ -148,10 +148,17 @@ def spawn_root(
     keeper_grace: float,
     name: str = "",
     record: str = "",
+    max_memory: int = 0,
+    max_runtime: float = 0.0,
 ) -> Root:
     """Start ``argv`` in a new session (and group) with its output on two new pipes.
     ``lifeline()`` gives the read end the keeper watches; ``record`` is where it reports
-    a teardown of ``name`` when the kernel is gone. Raises LaunchError."""
+    a teardown of ``name`` when the kernel is gone. The keeper holds ``max_memory``
+    (bytes) and ``max_runtime`` (s) when > 0. Raises LaunchError."""
+    if (max_memory or max_runtime) and not plat.USE_KEEPER:
+        raise LaunchError("max_memory and max_runtime need the keeper (POSIX only)")
+    if max_memory and not plat.HAS_PROCFS:
+        raise LaunchError("max_memory needs /proc (Linux) to measure the tree's RSS")
     try:
         out_r, out_w = os.pipe()
     except OSError as exc:
@@ -171,7 +178,7 @@ def spawn_root(
                 argv, cwd=str(cwd), env=env, stdout=out_w, stderr=err_w,
                 lifeline_fd=lifeline(), grace=keeper_grace,
                 subreaper=plat.HAS_SUBREAPER, tag=tag, session=session,
-                name=name, record=record,
+                name=name, record=record, max_memory=max_memory, max_runtime=max_runtime,
             )
             popen = kept.keeper
         else:

@@ -58,11 +58,13 @@ class Loop:
         *,
         on_exit: Callable[[int], None],
         drained: threading.Event,
+        on_event: Callable[[dict[str, object]], None] | None = None,
     ) -> None:
         """Drain ``root``'s pipes into ``sink`` and report its exit code to ``on_exit``
         (on the loop thread); ``drained`` is set once both pipes are closed and every byte
         is in the sink (the exit is reported apart: waiting for the keeper to exit too
-        would add 10-30 ms to the end of every output)."""
+        would add 10-30 ms to the end of every output). ``on_event`` gets the keeper's
+        other status events (``limit_exceeded``)."""
         finish = _Finish(sink, drained)
         if plat.ASYNC_PIPES:
             self._drain.add(root.out_fd, STDOUT, sink, finish.part_done)
@@ -71,7 +73,7 @@ class Loop:
             for fd, stream in ((root.out_fd, STDOUT), (root.err_fd, STDERR)):
                 self.run_soon(partial(_drain_threaded, sink, fd, stream, self._on_output,
                                       finish.part_done))
-        self.run_soon(partial(_watch_exit, root, on_exit))
+        self.run_soon(partial(_watch_exit, root, on_exit, on_event))
 
     def stop(self) -> None:
         """End the drain thread (closing every pipe still open), cancel every task and end
@@ -133,11 +135,14 @@ async def _drain_threaded(
             done()
 
 
-async def _watch_exit(root: Root, on_exit: Callable[[int], None]) -> None:
+async def _watch_exit(
+    root: Root, on_exit: Callable[[int], None],
+    on_event: Callable[[dict[str, object]], None] | None = None,
+) -> None:
     popen = root.popen
     reported = False
     if root.status_fd is not None:
-        reported = await _follow_keeper(root.status_fd, on_exit)
+        reported = await _follow_keeper(root.status_fd, on_exit, on_event)
     else:
         waiter = plat.open_exit_waiter(popen.pid)
         if waiter is not None:
@@ -157,7 +162,10 @@ async def _watch_exit(root: Root, on_exit: Callable[[int], None]) -> None:
         on_exit(rc)
 
 
-async def _follow_keeper(fd: int, on_exit: Callable[[int], None]) -> bool:
+async def _follow_keeper(
+    fd: int, on_exit: Callable[[int], None],
+    on_event: Callable[[dict[str, object]], None] | None = None,
+) -> bool:
     """Read the keeper's status events until it exits (EOF); whether it reported the
     command's exit."""
     buf = bytearray()
@@ -176,6 +184,8 @@ async def _follow_keeper(fd: int, on_exit: Callable[[int], None]) -> bool:
                 if event.get("event") == "exited" and isinstance(rc, int):
                     reported = True
                     on_exit(rc)
+                elif on_event is not None:
+                    on_event(event)
     except OSError as exc:
         log.warning("reading the keeper's status failed: %s", exc)
         return reported

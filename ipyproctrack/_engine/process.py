@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 
+from .._keeper.limits import describe as describe_limit
 from .._proc.discovery import ProcessInfo, Target, tree_of
 from .._proc.identity import ProcId
 from .._proc.teardown import CleanupReport
@@ -59,6 +60,10 @@ class TrackedProcess:
         self.metrics_series: MetricsSeries = tracker._metrics.series_for(
             root.create_time, self.log_path)
         self.ready_seconds: float | None = None
+        #: Which limit the keeper stopped this tree for, and by how much ("memory: tree RSS
+        #: 301 MiB > limit 100 MiB"); None while no limit was exceeded.
+        self.limit_exceeded: str | None = None
+        self._reason: str | None = None  # the state's short form of it
         # Guards _phase, returncode, _exited_alone and _exit_callbacks: the loop thread
         # reports the exit while callers wait, stop and read the state.
         self._lock = threading.Lock()
@@ -80,7 +85,7 @@ class TrackedProcess:
     def state(self) -> ProcessState:
         """The state machine's current state (see ``_engine/state.py``)."""
         with self._lock:
-            return ProcessState(self._phase, self.returncode, self.ready_seconds)
+            return ProcessState(self._phase, self.returncode, self.ready_seconds, self._reason)
 
     @property
     def stopped(self) -> bool:
@@ -307,6 +312,22 @@ class TrackedProcess:
 
     def _reap(self) -> bool:
         return self._root.popen.poll() is not None
+
+    def _keeper_event(self, event: dict[str, object]) -> None:
+        """A status event from the keeper other than the exit (on the loop thread)."""
+        if event.get("event") != "limit_exceeded":
+            return
+        limit, used, allowed = event.get("limit"), event.get("used"), event.get("allowed")
+        if not (isinstance(limit, str) and isinstance(used, float)
+                and isinstance(allowed, float)):
+            return
+        full, short = describe_limit(limit, used, allowed)
+        log.warning("%s: %s; its keeper stops the tree", self.name, full)
+        with self._lock:
+            self.limit_exceeded = full
+            if self._phase in (Phase.STARTING, Phase.RUNNING, Phase.READY):
+                self._reason = short
+        self._transition(Phase.STOPPED)
 
     def _root_exited(self, returncode: int) -> None:
         """The loop's report that the root exited (on the loop thread: must not block)."""

@@ -14,10 +14,13 @@ Transitions (``TrackedProcess._transition`` makes them, by the ``TRANSITIONS`` t
     RUNNING | READY | STARTING --root exits--> EXITED (code >= 0) or KILLED (signal)
     EXITED | KILLED --the readiness wait then fails--> FAILED
 
-A launch without readiness checks starts in RUNNING. STOPPED and FAILED are final; EXITED
-and KILLED only take the readiness verdict on a root that exited during the wait (a
-launcher's tree may still turn out not ready). The return code is kept once the root has
-exited, whatever the phase.
+A launch without readiness checks starts in RUNNING. A tree its keeper tore down past a
+limit (``max_memory``, ``max_runtime``) is STOPPED with a ``reason``: it reads
+"stopped: memory limit (301 MiB > 100 MiB)", and it is not ``ok``.
+
+STOPPED and FAILED are final; EXITED and KILLED only take the readiness verdict on a root
+that exited during the wait (a launcher's tree may still turn out not ready). The return
+code is kept once the root has exited, whatever the phase.
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class ProcessState:
     phase: Phase
     returncode: int | None = None
     ready_seconds: float | None = None
+    reason: str | None = None  # why our teardown stopped it, when not on request (a limit)
 
     @property
     def alive(self) -> bool:
@@ -84,13 +88,16 @@ class ProcessState:
     @property
     def ok(self) -> bool:
         """Nothing went wrong: alive, stopped by us, or exited 0."""
+        if self.reason is not None:
+            return False
         return self.phase in _ALIVE or self.phase is Phase.STOPPED or (
             self.phase is Phase.EXITED and self.returncode == 0
         )
 
     def describe(self) -> str:
         """The one wording: ``starting…``, ``running``, ``running · ready in 0.42 s``,
-        ``exited 3``, ``killed by SIGTERM``, ``stopped``, ``failed``."""
+        ``exited 3``, ``killed by SIGTERM``, ``stopped``, ``stopped: memory limit (301 MiB >
+        100 MiB)``, ``failed``."""
         phase = self.phase
         if phase is Phase.STARTING:
             return "starting…"
@@ -103,6 +110,8 @@ class ProcessState:
         if phase is Phase.KILLED:
             assert self.returncode is not None
             return f"killed by {signal_name(self.returncode)}"
+        if phase is Phase.STOPPED and self.reason:
+            return f"stopped: {self.reason}"
         return str(phase.value)  # running, stopped, failed
 
     def __str__(self) -> str:

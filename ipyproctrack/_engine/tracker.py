@@ -30,6 +30,7 @@ from .._proc.scan import scan_processes
 from .._proc.teardown import CleanupReport, run_teardown
 from ..errors import LaunchError, NameInUseError, TrackerClosedError, UnknownProcessError
 from .launch import argv_of, check_executable, checked_cwd, child_env, spawn_root
+from .limits import parse_runtime, parse_size
 from .logdirs import checked_log_dir, new_session_dir
 from .logfiles import LogBudget, RotatingLog
 from .loop import Loop
@@ -206,6 +207,8 @@ class Tracker(AbstractContextManager["Tracker"]):
         ready_timeout: float = 30.0,
         on_launched: Callable[[TrackedProcess], None] | None = None,
         port: int | str | None = None,
+        max_memory: str | int | None = None,
+        max_runtime: float | None = None,
     ) -> TrackedProcess:
         """Start ``command`` in its own session, tagged, with its output drained at once.
 
@@ -219,7 +222,9 @@ class Tracker(AbstractContextManager["Tracker"]):
         environment as PORT and in place of ``{port}`` in the command and in the ``ready``
         checks (``HttpReady("http://127.0.0.1:{port}/")``); ``proc.port``. Raises
         LaunchError before anything runs when the command, its directory, the name or the
-        port cannot be used."""
+        port cannot be used. ``max_memory`` (bytes, "512M") and ``max_runtime`` (s): the
+        keeper tears the tree down past one (``proc.limit_exceeded`` says which)."""
+        limits = (parse_size(max_memory), parse_runtime(max_runtime))
         port_number = resolve_port(port)
         if port_number is not None:
             command = with_port(command, port_number)
@@ -234,7 +239,7 @@ class Tracker(AbstractContextManager["Tracker"]):
             name = self._name_to_launch(name, command, replace=replace, replace_grace=replace_grace)
             self._check_ports(checks)
             proc = self._launch(argv, display, name=name, cwd=workdir, env=full_env,
-                                checks=checks)
+                                checks=checks, limits=limits)
             proc.port = port_number
         if on_launched is not None:
             self._call_on_launched(on_launched, proc)
@@ -276,12 +281,15 @@ class Tracker(AbstractContextManager["Tracker"]):
         ready_timeout: float = 30.0,
         on_launched: Callable[[TrackedProcess], None] | None = None,
         port: int | str | None = None,
+        max_memory: str | int | None = None,
+        max_runtime: float | None = None,
     ) -> TrackedProcess:
         """start() on a worker thread, so the caller's event loop keeps running."""
         return await anyio.to_thread.run_sync(
             partial(self.start, command, name=name, cwd=cwd, env=env, replace=replace,
                     replace_grace=replace_grace, ready=ready, ready_timeout=ready_timeout,
-                    on_launched=on_launched, port=port)
+                    on_launched=on_launched, port=port, max_memory=max_memory,
+                    max_runtime=max_runtime)
         )
 
     def _name_to_launch(
@@ -319,13 +327,16 @@ class Tracker(AbstractContextManager["Tracker"]):
         cwd: Path,
         env: dict[str, str],
         checks: list[ReadinessCheck],
+        limits: tuple[int, float] = (0, 0.0),
     ) -> TrackedProcess:
-        """Spawn, register and start draining; the checks see every byte of output."""
+        """Spawn, register and start draining; the checks see every byte of output.
+        ``limits``: (max_memory bytes, max_runtime s), 0 for none."""
         tag = f"{self.session_tag}.{next(self._counter)}"
         env[plat.TAG_PROCESS] = tag
         root = spawn_root(argv, cwd=cwd, env=env, tag=tag, session=self.session_tag,
                           lifeline=self._lifeline_read, keeper_grace=min(self.grace, 1.5),
-                          name=name, record=str(self.kernel_end_record))
+                          name=name, record=str(self.kernel_end_record),
+                          max_memory=limits[0], max_runtime=limits[1])
         sink = OutputSink(
             RotatingLog(self.log_dir / f"{self._log_stem(name)}.log",
                         max_bytes=self.log_max_bytes, backups=self.log_backups,
@@ -364,7 +375,7 @@ class Tracker(AbstractContextManager["Tracker"]):
 
     def _supervise(self, proc: TrackedProcess) -> None:
         self._loop.supervise(proc._root, proc._sink, on_exit=proc._root_exited,
-                             drained=proc._drained)
+                             drained=proc._drained, on_event=proc._keeper_event)
 
     def _lifeline_read(self) -> int:
         """The read end every keeper watches; only this process holds the write end."""

@@ -139,6 +139,8 @@ def spawn_kept(
     session: str,
     name: str = "",
     record: str = "",
+    max_memory: int = 0,
+    max_runtime: float = 0.0,
     start_timeout: float = 10.0,
 ) -> KeptProcess:
     """Start ``argv`` under a new keeper; block until the command has started.
@@ -147,7 +149,8 @@ def spawn_kept(
     to, through the keeper. ``env`` is the command's complete, tagged environment. Raises
     ``LaunchError`` when the command cannot start (the keeper is reaped first).
     ``record``: the file the keeper appends its report to if it tears down because the
-    kernel is gone (the kernel-end record; ``name`` labels it).
+    kernel is gone (the kernel-end record; ``name`` labels it). ``max_memory`` (bytes of
+    the tree's RSS) and ``max_runtime`` (seconds), when > 0, are held by the keeper.
     """
     args = [os.fspath(a) for a in argv]
     if not args or not args[0]:
@@ -165,6 +168,8 @@ def spawn_kept(
         "session": session,
         "name": name,
         "record": record,
+        "max_memory": max_memory,
+        "max_runtime": max_runtime,
     }
     try:
         keeper = subprocess.Popen(

@@ -33,6 +33,9 @@ Lifetime:
       parent, the kernel's pid is polled once a second. Then the keeper runs the one
       phased teardown (``_proc.teardown.run_teardown``) over its whole subtree plus
       every process tagged with its IPYPROCTRACK_PROCESS value, and exits.
+    * With a limit (``max_memory``, ``max_runtime``: ``limits.py``) the keeper samples its
+      tree about every 0.5 s; past a limit it reports ``limit_exceeded`` on the status
+      pipe, runs the same phased teardown, and exits once its subtree is empty.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from .. import _platform as plat
 from .._proc import procfs
 from .._proc.identity import CLK_TCK, ProcId, same_process
 from .._proc.scan import get_record, scan_processes, start_seconds
+from .limits import CHECK_EVERY, Limits, describe
 from .protocol import encode_event, read_config
 
 __all__ = ("Keeper", "main")
@@ -123,6 +127,10 @@ class Keeper:
         self.session = str(config.get("session", ""))
         self.name = str(config.get("name", "")) or self.tag or "keeper"
         self.record = str(config.get("record", ""))
+        self.limits = Limits(max_memory=_int(config, "max_memory", 0),
+                             max_runtime=_float(config, "max_runtime", 0.0))
+        self.started_at = 0.0  # monotonic time the command started (for max_runtime)
+        self.next_limit_check = 0.0
         self.main_pid = 0
         self.main_rc: int | None = None
         self.pidfd: int | None = None
@@ -287,6 +295,7 @@ class Keeper:
             return 127
         # Unreaped until the loop below, so its start time cannot belong to a reused pid.
         start = start_seconds(self.main_pid)
+        self.started_at = self.next_limit_check = time.monotonic()
         self.emit(
             {"event": "started", "pid": self.main_pid, "start_time": start, "subreaper": subreaper}
         )
@@ -313,7 +322,9 @@ class Keeper:
                 self.emit({"event": "teardown", "reason": self.gone_reason})
                 self.teardown()
                 return self.exit_status()
-            timeout = _WATCH_MS
+            if children and self.limits and self.check_limits():
+                return self.exit_status()
+            timeout = self.limit_timeout(_WATCH_MS)
             if not children:
                 if self.is_subreaper:  # every orphan was our child: nothing is left
                     return self.exit_status()
@@ -348,9 +359,36 @@ class Keeper:
                 elif fd == self.pidfd:
                     self.gone_reason = "kernel"
 
-    def teardown(self) -> None:
+    def check_limits(self) -> bool:
+        """Sample the tree when it is time; past a limit, report it and tear the tree
+        down. True when it did."""
+        now = time.monotonic()
+        if now < self.next_limit_check:
+            return False
+        self.next_limit_check = now + CHECK_EVERY
+        hit = self.limits.check(root=os.getpid(), tag=self.tag,
+                                exclude=(os.getpid(), self.kernel_pid),
+                                runtime=now - self.started_at)
+        if hit is None:
+            return False
+        limit, used, allowed = hit
+        message = describe(limit, used, allowed)[0]
+        self.emit({"event": "limit_exceeded", "limit": limit, "used": used,
+                   "allowed": allowed, "message": message})
+        self.teardown(why=message)
+        return True
+
+    def limit_timeout(self, default_ms: int) -> int:
+        """The poll timeout: the time to the next limit check, while a limit is set."""
+        if not self.limits:
+            return default_ms
+        wait = int((self.next_limit_check - time.monotonic()) * 1000) + 1
+        return max(1, min(default_ms, wait))
+
+    def teardown(self, *, why: str = "") -> None:
         """The one phased teardown of our subtree and our tag; then reap what is left
-        (bounded). Its modules load only now: the kernel is gone."""
+        (bounded). Its modules load only now: the kernel is gone, or ``why``: a limit
+        was exceeded (then no kernel-end record is written: the kernel hears of it)."""
         from .._proc.discovery import Target
         from .._proc.teardown import run_teardown
 
@@ -371,6 +409,8 @@ class Keeper:
             time.sleep(0.02)
         seconds = round(time.monotonic() - t0, 3)
         self.emit({"event": "teardown_done", "seconds": seconds})
+        if why:
+            return
         self.write_record(
             [f"kernel gone ({self.gone_reason or 'keeper error'}): the keeper of {self.name} "
              f"(pid {me}) tore its tree down in {seconds:.2f} s, grace {self.grace:g} s",

@@ -7,7 +7,8 @@ tab and newline), decoded against a schema of field types. Not JSON: importing `
 Config (one argument): argv (repeated, in order), lifeline_fd, status_fd, kernel_pid,
 kernel_start (its start in seconds since boot; 0.0 unknown: no identity check), grace,
 subreaper, tag, session, name (the tracked name, for reports), record (a file the keeper
-appends its teardown report to when the kernel is gone; empty: none).
+appends its teardown report to when the kernel is gone; empty: none), max_memory (bytes
+of the whole tree's RSS; 0: no limit), max_runtime (seconds of wall-clock time; 0: none).
 
 Status events, one record per line on ``status_fd``:
     event=started pid=<command pid> start_time=<s since boot, 0.0 unknown> subreaper=<bool>
@@ -17,6 +18,9 @@ Status events, one record per line on ``status_fd``:
     event=exited returncode=<rc>               the command ended; rc < 0 is a signal, as
                                                with Popen.returncode
     event=teardown reason=lifeline|kernel      the kernel is gone
+    event=limit_exceeded limit=memory|runtime used=<bytes|s> allowed=<bytes|s> message=<text>
+                                               a limit was exceeded: the keeper tears the
+                                               tree down now (its "exited" follows)
     event=teardown_done seconds=<s>
     event=keeper_error message=<text>          a bug in the keeper; it tore down
 """
@@ -43,6 +47,8 @@ CONFIG_FIELDS: dict[str, type] = {
     "session": str,
     "name": str,
     "record": str,
+    "max_memory": int,
+    "max_runtime": float,
 }
 EVENT_FIELDS: dict[str, type] = {
     "event": str,
@@ -54,6 +60,9 @@ EVENT_FIELDS: dict[str, type] = {
     "returncode": int,
     "reason": str,
     "seconds": float,
+    "limit": str,
+    "used": float,
+    "allowed": float,
 }
 _ESCAPES = {"\\": "\\", "t": "\t", "n": "\n"}
 

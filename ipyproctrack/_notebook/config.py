@@ -12,6 +12,8 @@ from typing import Any
 from traitlets import Float, Int, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
+from .links import proxy_url_problem
+
 __all__ = ["MAX_GRACE", "MAX_REFRESH_HZ", "ProcTrackConfig", "grace_problem"]
 
 #: The widgets never refresh faster than this, whatever the configuration says.
@@ -64,6 +66,23 @@ class ProcTrackConfig(Configurable):
         help="Disk all the session's logs may use together; past it the oldest rotated "
         "files are deleted first. 0 means unlimited.",
     ).tag(config=True)
+
+    proxy_url = Unicode(
+        "",
+        help="Where the port links of the widgets and %proctrack point, as a template: "
+        "{port} is the port, {base_url} the JupyterHub prefix (JUPYTERHUB_SERVICE_PREFIX, "
+        "e.g. /user/alice/; '/' without a hub), {host} 127.0.0.1. Example: "
+        "'{base_url}proxy/{port}/'. Empty: http://127.0.0.1:PORT/ locally, "
+        "{base_url}proxy/PORT/ (jupyter-server-proxy) under JupyterHub.",
+    ).tag(config=True)
+
+    @validate("proxy_url")
+    def _check_proxy_url(self, proposal: Any) -> str:
+        value = str(proposal["value"])
+        problem = proxy_url_problem(value)
+        if problem is not None:
+            raise TraitError(f"proxy_url: {problem}")
+        return value
 
     @validate("grace")
     def _check_grace(self, proposal: Any) -> float:

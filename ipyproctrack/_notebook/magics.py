@@ -23,6 +23,7 @@ from IPython.core import magic_arguments as _ipy_magic_arguments
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
+from ipyproctrack._engine.limits import parse_runtime, parse_size
 from ipyproctrack._engine.naming import base_name
 from ipyproctrack._engine.ready import HttpReady, OutputReady, PortReady
 from ipyproctrack._engine.ready.checks import PORT_FIELD
@@ -31,6 +32,7 @@ from ipyproctrack.errors import NotReadyError, ProcTrackError
 from .completion import run_to_completion
 from .config import grace_problem
 from .engines import engine_id, label_lines, on_engine
+from .links import port_url
 from .spec import LaunchSpec
 from .views import CleanupView, LogsView, ProcessTable, first_line, status_line
 
@@ -52,6 +54,7 @@ _WORD = re.compile(r"""\s*((?:[^\s'"\\]+|'[^']*'|"(?:\\.|[^"\\])*"|\\.)+)""")
 # IPython's magic_arguments is untyped; give its three entry points their real types.
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_V = TypeVar("_V")
 
 
 class _Decorator(Protocol):
@@ -172,6 +175,15 @@ def _check_timeout(value: float | None) -> None:
         raise UsageError(f"--timeout must be a finite number of seconds > 0, not {value:g}")
 
 
+def _checked_limit(parse: Callable[[Any], object], value: _V, option: str) -> _V:
+    """``value`` when the engine accepts it as a limit (checked before anything runs)."""
+    try:
+        parse(value)
+    except ProcTrackError as exc:
+        raise UsageError(f"{option}: {first_line(exc)}") from None
+    return value
+
+
 def _checked_cwd(option_value: str) -> str:
     try:
         cwd = Path(option_value).expanduser()
@@ -274,6 +286,8 @@ def _launch_spec(
         ready_timeout=30.0 if args.timeout is None else args.timeout,
         make_ready=functools.partial(_readiness, args),
         port=port,
+        max_memory=_checked_limit(parse_size, args.max_memory, "--max-memory"),
+        max_runtime=_checked_limit(parse_runtime, args.max_runtime, "--max-runtime"),
     )
     return spec, args
 
@@ -334,6 +348,13 @@ class ProcTrackMagics(Magics):
         help="a port for the process: 'auto' picks a free 127.0.0.1 port; it is $PORT in "
         "its environment and replaces {port} in the command and the --wait-* values",
     )
+    @argument(
+        "--max-memory", metavar="SIZE",
+        help="tear the tree down when its RSS passes SIZE (512M, 1G, or bytes); the "
+        "keeper watches, also while the kernel is busy",
+    )
+    @argument("--max-runtime", type=float, metavar="S",
+              help="tear the tree down after S seconds of wall-clock time")
     @argument("--wait-port", metavar="P", help="block until 127.0.0.1:P accepts TCP")
     @argument("--wait-http", metavar="URL", help="block until URL answers with 2xx or 3xx")
     @argument("--wait-output", metavar="REGEX", help="block until the output matches REGEX")
@@ -353,7 +374,8 @@ class ProcTrackMagics(Magics):
         Cell form::
 
             %%tracked [NAME] [--cwd DIR] [--env KEY=VALUE]... [--grace S] [--no-widget]
-                      [--port auto|N] [--wait-port P | --wait-http URL | --wait-output REGEX]
+                      [--port auto|N] [--max-memory SIZE] [--max-runtime S]
+                      [--wait-port P | --wait-http URL | --wait-output REGEX]
                       [--wait-exit] [--timeout S]
             python -m http.server 8000 --bind 127.0.0.1
 
@@ -405,7 +427,8 @@ class ProcTrackMagics(Magics):
             return on_engine(ProcessTable([], [], now=0.0), self.shell)
         procs = session.tracker.processes()
         stats = session.sample_trees(procs, prime=0.1)
-        return on_engine(ProcessTable(procs, stats, now=time.time()), self.shell)
+        link = functools.partial(port_url, proxy_url=session.config.proxy_url)
+        return on_engine(ProcessTable(procs, stats, now=time.time(), link=link), self.shell)
 
     # ------------------------------------------------------------------ %proctrack_cleanup
 

@@ -141,6 +141,8 @@ class NotebookSession:
             ready_timeout=spec.ready_timeout,
             on_launched=launched,
             port=spec.port,
+            max_memory=spec.max_memory,
+            max_runtime=spec.max_runtime,
         )
 
     def launch_in_widget(self, spec: LaunchSpec) -> TrackedProcess:

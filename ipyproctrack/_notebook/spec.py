@@ -21,6 +21,8 @@ class LaunchSpec:
     grace: float | None = None
     ready: list[Any] = field(default_factory=list)
     ready_timeout: float = 30.0
+    max_memory: str | None = None  # the tree's RSS limit ("512M"), held by the keeper
+    max_runtime: float | None = None  # seconds
     #: builds fresh readiness checks for a restart (checks keep per-launch state)
     make_ready: Callable[[], list[Any]] | None = None
     #: "auto", a port number or None: see ``Tracker.start(port=...)``

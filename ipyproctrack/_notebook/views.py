@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ipyproctrack._engine.state import Phase, ProcessState
 from ipyproctrack._engine.terminal import PLAIN, Screen, Segment, lines_html
 from ipyproctrack.errors import ProcTrackError
+
+from .links import port_url, ports_html
 
 if TYPE_CHECKING:
     from ipyproctrack import CleanupReport, TrackedProcess
@@ -239,15 +241,18 @@ _CELL_STYLE = "padding:2px 8px;text-align:left;border-bottom:1px solid #ddd"
 
 _COLUMNS = ("name", "pid", "state", "uptime", "procs", "CPU", "RSS", "ports", "log")
 _STATE_COLUMN = _COLUMNS.index("state")
+_PORTS_COLUMN = _COLUMNS.index("ports")
 
 
 class ProcessTable:
     """What ``%proctrack`` returns: an HTML table with a plain-text form."""
 
     def __init__(
-        self, procs: Sequence[TrackedProcess], stats: Sequence[TreeStats], *, now: float
+        self, procs: Sequence[TrackedProcess], stats: Sequence[TreeStats], *, now: float,
+        link: Callable[[int], str] = port_url,
     ) -> None:
         self.procs = list(procs)
+        self.link = link  # port -> the URL its link opens (``links.port_url``)
         self.stats = list(stats)
         self.states = [p.state for p in self.procs]  # one snapshot for both forms
         self.now = now
@@ -287,9 +292,11 @@ class ProcessTable:
             return "<p><i>no tracked processes</i></p>"
         head = "".join(f'<th style="{_CELL_STYLE}">{c}</th>' for c in _COLUMNS)
         body = []
-        for state, row in zip(self.states, self.rows(), strict=True):
+        for state, st, row in zip(self.states, self.stats, self.rows(), strict=True):
             cells = [html.escape(value) for value in row]
             cells[_STATE_COLUMN] = badge_html(state, text=row[_STATE_COLUMN])
+            if st.count:
+                cells[_PORTS_COLUMN] = ports_html(st.ports, self.link)
             cells[-1] = f"<code>{cells[-1]}</code>"  # the log path
             body.append("<tr>" + "".join(f'<td style="{_CELL_STYLE}">{c}</td>' for c in cells)
                         + "</tr>")

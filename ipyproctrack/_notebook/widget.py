@@ -25,6 +25,7 @@ from ipyproctrack._engine.state import Phase, ProcessState
 from ipyproctrack.errors import ProcTrackError
 
 from .engines import is_engine
+from .links import port_url, ports_html
 from .sparkline import sparklines_html
 from .stats import EMPTY_STATS, TreeStats
 from .views import (
@@ -305,7 +306,8 @@ class ProcessWidget:
             parts.append(f"{st.count} proc{'s' if st.count != 1 else ''}")
             parts.append(f"CPU {st.cpu_text()}")
             parts.append(f"RSS {format_bytes(st.rss)}")
-            parts.append(f"ports {html.escape(st.ports_text())}")
+            link = functools.partial(port_url, proxy_url=self.host.config.proxy_url)
+            parts.append(f"ports {ports_html(st.ports, link)}")
         spark = sparklines_html(proc.metrics()) if proc is not None else ""
         if spark:
             parts.append(spark)

@@ -80,6 +80,14 @@ def read_usage(pid: int) -> tuple[float, int, float] | None:
         return None
 
 
+def read_rss(pid: int) -> int | None:
+    """Resident set size of ``pid`` in bytes (``/proc/<pid>/statm``), or None if gone."""
+    try:
+        return int(_read(f"/proc/{pid}/statm", size=256).split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _value(env: bytes, key: bytes) -> str | None:
     """The value of an exact variable ``key`` (b"NAME=") in an environment block."""
     if env.startswith(key):
@@ -175,6 +183,23 @@ def forget_tags() -> None:
     """Drop the remembered tags: the next scan reads every environment (benchmarks)."""
     global _tag_cache
     _tag_cache = {}
+
+
+def argv(pid: int) -> list[str]:
+    """The command line as its arguments ([] when gone, a zombie or a kernel thread)."""
+    try:
+        raw = _read(f"/proc/{pid}/cmdline")
+    except OSError:
+        return []
+    return [a.decode("utf-8", "replace") for a in raw.split(b"\0")[:-1]] if raw else []
+
+
+def owner(pid: int) -> int | None:
+    """The uid that owns ``pid``, or None when it is gone."""
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
 
 
 def command(pid: int) -> str:
