@@ -711,11 +711,18 @@ KILL_PATH = textwrap.dedent(
     root = os.posix_spawnp("sh", ["sh", "-c", tree], env)
     keeper = Keeper(read_config(config_arg({"argv": ["sh"], "tag": tag, "grace": 0.3})))
     keeper.main_pid = root
-    while len([p for p in os.listdir("/proc") if p.isdigit()
-               and open(f"/proc/{p}/stat").read().split()[3] == str(root)]) < 2:
+    def children():
+        found = []
+        for p in os.listdir("/proc"):
+            try:  # a process may exit between the listing and the read
+                if p.isdigit() and open(f"/proc/{p}/stat").read().split()[3] == str(root):
+                    found.append(p)
+            except (OSError, IndexError):
+                pass
+        return found
+    while len(children()) < 2:
         pass  # both children forked (a bounded spin: the test has a timeout)
-    print(" ".join(p for p in os.listdir("/proc") if p.isdigit()
-                   and open(f"/proc/{p}/stat").read().split()[3] == str(root)), flush=True)
+    print(" ".join(children()), flush=True)
     keeper.teardown()
     print(" ".join(m for m in ("psutil", "anyio", "subprocess", "json") if m in sys.modules))
     print(keeper.main_rc)
