@@ -28,10 +28,11 @@ from .stats import EMPTY_STATS, TreeStats
 from .views import (
     STDERR_COLOR,
     badge_html,
+    command_summary,
+    detail_line_html,
     first_line,
     format_bytes,
     format_clock,
-    shorten_command,
     status_line,
     tail_box_html,
     tail_html,
@@ -151,14 +152,20 @@ class ProcessWidget:
         self._tail_key: tuple[int, int] | None = None
         self._tail_value = ""
 
-        self.header = ipywidgets.HTML(value=self._header_html(time.monotonic()))
+        # The header takes the room the buttons leave and cuts its own lines (ellipsis);
+        # the buttons never shrink. The CSS classes name the parts (tests, user styles).
+        self.header = ipywidgets.HTML(
+            value=self._header_html(time.monotonic()),
+            layout=ipywidgets.Layout(flex="1 1 auto", min_width="0", overflow="hidden"),
+        )
+        button_layout = {"width": "auto", "flex": "0 0 auto"}
         self.stop_button = ipywidgets.Button(
             description="Stop", icon="stop", tooltip="phased teardown of the whole tree",
-            layout=ipywidgets.Layout(width="auto"), disabled=True,
+            layout=ipywidgets.Layout(**button_layout), disabled=True,
         )
         self.restart_button = ipywidgets.Button(
             description="Restart", icon="refresh", tooltip="stop the tree and start it again",
-            layout=ipywidgets.Layout(width="auto"),
+            layout=ipywidgets.Layout(**button_layout),
         )
         self.tail = ipywidgets.HTML(value=tail_box_html(""))
         self.stop_button.on_click(self._on_stop)
@@ -167,8 +174,12 @@ class ProcessWidget:
             [self.header, self.stop_button, self.restart_button],
             layout=ipywidgets.Layout(align_items="center"),
         )
+        for part, name in ((self.header, "header"), (self.stop_button, "stop"),
+                           (self.restart_button, "restart"), (self.tail, "tail")):
+            part.add_class(f"ipyproctrack-{name}")
         self.view = _process_view_class()([row, self.tail])
         self.view.status = self.status_text
+        self.view.add_class("ipyproctrack-widget")
         self._sent: dict[str, Any] = {
             "header": self.header.value,
             "tail": self.tail.value,
@@ -267,17 +278,18 @@ class ProcessWidget:
         if self.phase is WidgetPhase.FAILED and self.error:
             sub = f'<div style="color:{STDERR_COLOR}">{html.escape(self.error)}</div>'
         elif proc is not None:
-            sub = (
-                '<div style="font-size:80%;opacity:0.7">'
-                f"{html.escape(shorten_command(proc.command, 120))}"
-                f" · log <code>{html.escape(str(proc.log_path))}</code></div>"
+            sub = detail_line_html(
+                "ipyproctrack-command", "", command_summary(proc.command), tooltip=proc.command
+            ) + detail_line_html(
+                "ipyproctrack-log", "log", str(proc.log_path), tooltip=str(proc.log_path)
             )
         elif self.spec.ready:
-            sub = (
-                f'<div style="font-size:80%;opacity:0.7">waiting for '
-                f"{html.escape(self.spec.describe_ready())}</div>"
-            )
-        return f'<div style="line-height:1.5">{" · ".join(parts)}{sub}</div>'
+            ready = self.spec.describe_ready()
+            sub = detail_line_html("ipyproctrack-waiting", "waiting for", ready, tooltip=ready)
+        # wraps only between parts; `contain:inline-size` keeps the long detail lines from
+        # widening the header (they end in an ellipsis instead of under the buttons)
+        status = " · ".join(f'<span style="white-space:nowrap">{p}</span>' for p in parts)
+        return f'<div style="line-height:1.5;contain:inline-size">{status}{sub}</div>'
 
     def _tail_html(self) -> str:
         proc = self.proc
