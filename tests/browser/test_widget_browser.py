@@ -171,6 +171,7 @@ def start_web(nb: NotebookPage, web_port: int) -> WidgetView:
         assert get(f"http://127.0.0.1:{web_port}/{probe}") == 404
         web.wait_tail_contains(probe)
         latencies.append(time.monotonic() - t0)
+    print(f"tail latencies: {', '.join(f'{x:.3f} s' for x in latencies)}")
     # a median of three: one stall of a shared 2-core machine is not the widget's latency
     assert statistics.median(latencies) <= TAIL_LATENCY, f"tail latencies {latencies}"
     return web
@@ -209,6 +210,9 @@ def check_stderr_style(web: WidgetView, checks: Checks) -> None:
     checks.expect(style["distinct"], f"stderr looks like stdout: {style}")
     r, g, b = style["rgb"]
     checks.expect(not (r >= 150 and r > 2 * g and r > 2 * b), f"stderr is red: {style}")
+    # the innermost element holding an access-log line: the last match in document order
+    ratio = contrast(web.tail.locator("*", has_text="GET /probe-").last)
+    checks.expect(ratio >= MIN_CONTRAST, f"stderr contrast {ratio:.1f} < {MIN_CONTRAST}")
 
 
 _STDERR_STYLE_JS = """(root, text) => {
@@ -271,6 +275,8 @@ def flood(nb: NotebookPage) -> WidgetView:
     t0 = time.monotonic()
     view.tail.evaluate("el => el.textContent.length")
     round_trip = time.monotonic() - t0
+    print(f"flood: {m['updates']} tail updates in {FLOOD_WINDOW:g} s, page stalled at most "
+          f"{m['maxLag']:.3f} s, JS round trip {round_trip:.3f} s")
     nb.screenshot("5-flood")
     assert 2 <= m["updates"] <= MAX_TAIL_HZ * FLOOD_WINDOW + 1, (
         f"{m['updates']} tail updates in {FLOOD_WINDOW:g} s (live, at most {MAX_TAIL_HZ}/s)"
@@ -310,7 +316,7 @@ def test_widget_in_a_browser(
             nb.open(server.notebook_url("widget.ipynb"))
             web = start_web(nb, web_port)
             nb.screenshot("2-running")
-            web.root.screenshot(path=str(shots / f"{frontend}-widget.png"))
+            nb.cell(WEB).screenshot(path=str(shots / f"{frontend}-web-cell.png"))
             check_layout(web, checks)
             check_stderr_style(web, checks)
             stop_and_restart(nb, web, web_port)
@@ -336,13 +342,14 @@ def test_dark_theme_is_readable(chromium: Browser, tmp_path: Path, shots: Path) 
         nb = NotebookPage(page, shots, "lab-dark")
         try:
             nb.open(server.notebook_url("dark.ipynb"))
-            page.locator('body[data-jp-theme-light="false"]').wait_for(
-                timeout=UI_TIMEOUT * 1000
+            page.locator('body[data-jp-theme-name="JupyterLab Dark"]').wait_for(
+                state="attached", timeout=UI_TIMEOUT * 1000
             )
             web = start_web(nb, web_port)
             nb.screenshot("2-running")
-            web.root.screenshot(path=str(shots / "lab-dark-widget.png"))
+            nb.cell(WEB).screenshot(path=str(shots / "lab-dark-web-cell.png"))
             check_layout(web, checks)
+            check_stderr_style(web, checks)
             nb.shut_down_kernel()
             poll("every tagged process of this run to end", lambda: not tagged_processes())
             checks.expect(not nb.console.errors, "console errors:\n" + "\n".join(
