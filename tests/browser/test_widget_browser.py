@@ -324,6 +324,7 @@ def test_widget_in_a_browser(
             shut_down(nb, [web, flood_view], checks)
             checks.expect(not nb.console.errors, "console errors:\n" + "\n".join(
                 nb.console.errors))
+            print(f"known upstream page errors forgiven: {nb.console.forgiven}")
         except BaseException:
             nb.screenshot("failed")
             raise
