@@ -286,9 +286,13 @@ class ProcessWidget:
         elif self.spec.ready:
             ready = self.spec.describe_ready()
             sub = detail_line_html("ipyproctrack-waiting", "waiting for", ready, tooltip=ready)
-        # wraps only between parts; `contain:inline-size` keeps the long detail lines from
-        # widening the header (they end in an ellipsis instead of under the buttons)
-        status = " · ".join(f'<span style="white-space:nowrap">{p}</span>' for p in parts)
+        # wraps only between parts, after their "·"; `contain:inline-size` keeps the long
+        # detail lines from widening the header (they end in an ellipsis, not under the buttons)
+        last = len(parts) - 1
+        status = " ".join(
+            f'<span style="white-space:nowrap">{p}{" ·" if i < last else ""}</span>'
+            for i, p in enumerate(parts)
+        )
         return f'<div style="line-height:1.5;contain:inline-size">{status}{sub}</div>'
 
     def _tail_html(self) -> str:
