@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,9 +29,10 @@ _KNOWN_UPSTREAM = (
 )
 
 
-def poll(what: str, check: object, timeout: float = UI_TIMEOUT, interval: float = 0.05) -> None:
+def poll(
+    what: str, check: Callable[[], object], timeout: float = UI_TIMEOUT, interval: float = 0.05
+) -> None:
     """Call ``check()`` until it is truthy; fail with ``what`` at the deadline."""
-    assert callable(check)
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:

@@ -27,6 +27,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +81,9 @@ class Checks:
         if not ok:
             self.failures.append(message)
 
-    def expect_soon(self, what: str, check: Any, timeout: float = UI_TIMEOUT) -> None:
+    def expect_soon(
+        self, what: str, check: Callable[[], object], timeout: float = UI_TIMEOUT
+    ) -> None:
         try:
             poll(what, check, timeout)
         except AssertionError as exc:
