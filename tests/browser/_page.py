@@ -81,6 +81,9 @@ class WidgetView:
     def badge_text(self) -> str:
         return self.badge.inner_text().strip()
 
+    def badge_has(self, text: str) -> bool:
+        return text in self.badge_text()
+
     def pid(self) -> int | None:
         m = re.search(r"\bpid (\d+)\b", self.header.inner_text())
         return int(m.group(1)) if m else None

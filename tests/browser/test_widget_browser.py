@@ -22,6 +22,7 @@ default run. Checks whose failure should not hide the later steps are collected
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 import urllib.error
@@ -29,7 +30,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psutil
 import pytest
@@ -39,7 +40,7 @@ from ._jupyter import Frontend, free_port, running_server
 from ._page import UI_TIMEOUT, NotebookPage, WidgetView, poll
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, ViewportSize
+    from playwright.sync_api import Browser, Locator, ViewportSize
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
@@ -123,9 +124,9 @@ def tree_of(pid: int) -> list[tuple[int, float]]:
     return [(p.pid, p.create_time()) for p in members]
 
 
-def contrast(page_element: Any) -> float:
+def contrast(element: Locator) -> float:
     """WCAG contrast of an element's text against what is behind it, opacity included."""
-    ratio: float = page_element.evaluate(_CONTRAST_JS)
+    ratio: float = element.evaluate(_CONTRAST_JS)
     return ratio
 
 
@@ -295,7 +296,7 @@ def shut_down(nb: NotebookPage, views: list[WidgetView], checks: Checks) -> None
     poll("every tagged process of this run to end", lambda: not tagged_processes())
     for view in views:
         checks.expect_soon(
-            "the final stopped state", lambda v=view: "stopped" in v.badge_text(), 10.0
+            "the final stopped state", functools.partial(view.badge_has, "stopped"), 10.0
         )
         for button in (view.stop, view.restart):
             checks.expect(button.is_disabled(), f"{button.inner_text()!r} still enabled")
