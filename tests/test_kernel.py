@@ -25,6 +25,8 @@ from _kernels import FLOODER, Kernel, Result, free_port, http_status
 from _procs import is_alive, wait_dead
 from _trees import read_nasty_pids, start_nasty, wait_nasty_ready
 
+from ipyproctrack._notebook.views import STDERR_STYLE
+
 #: the bound of issue 3 (the refresher's own budget is lower)
 MAX_WIDGET_MESSAGES_PER_SECOND = 50
 
@@ -164,7 +166,7 @@ def test_widget_updates_while_a_cell_blocks(shared: Kernel) -> None:
     assert len(tails) >= 5, f"only {len(tails)} tail updates in 3 s"
     assert ticks == sorted(ticks) and ticks[-1] - ticks[0] >= 15, ticks
     # stderr is told apart from stdout in the tail: marked and muted, not error-red
-    assert any('title="stderr"' in v and 'color:#607d8b">warn' in v for _, v in tails)
+    assert any('title="stderr"' in v and f'{STDERR_STYLE}">warn' in v for _, v in tails)
     assert not any("#c62828" in v for _, v in tails)
     # the last update carries output from the last second of the sleep (20 ticks/s)
     newest = shared.value("int(__import__('ipyproctrack')._notebook.get_process('ticker')"

@@ -36,7 +36,13 @@ from ipyproctrack._notebook.magics import parse_env
 from ipyproctrack._notebook.refresher import MESSAGE_BUDGET, Refresher
 from ipyproctrack._notebook.spec import LaunchSpec
 from ipyproctrack._notebook.stats import EMPTY_STATS
-from ipyproctrack._notebook.views import CleanupView, LogsView, ProcessTable, badge_html
+from ipyproctrack._notebook.views import (
+    STDERR_STYLE,
+    CleanupView,
+    LogsView,
+    ProcessTable,
+    badge_html,
+)
 from ipyproctrack._notebook.widget import ProcessWidget, has_widget_frontend
 
 pytestmark = pytest.mark.timeout(60)
@@ -432,7 +438,7 @@ def test_widget_renders_state_tail_and_buttons(ip: InteractiveShell) -> None:
     assert "1 proc ·" in widget.header.value
     # stderr is marked and muted, never error-red (servers log to stderr as a rule)
     assert 'title="stderr"' in widget.tail.value and "#c62828" not in widget.tail.value
-    assert 'color:#607d8b">err' in widget.tail.value and "out\n" in widget.tail.value
+    assert f'{STDERR_STYLE}">err' in widget.tail.value and "out\n" in widget.tail.value
     assert not widget.stop_button.disabled
     assert repr(widget.view).startswith("wid: pid")
 

@@ -19,6 +19,7 @@ from ipyproctrack._engine.terminal import (
     plain_runs,
     plain_text,
 )
+from ipyproctrack._notebook.views import STDERR_STYLE
 
 RED = "#c23621"
 
@@ -105,7 +106,7 @@ def test_the_widget_tail_renders_terminal_lines() -> None:
     html = tail_html(chunks)
     assert html.count("%") == 1 and "100%" in html and "\r" not in html
     assert '<span style="color:#25bc24">ok</span>' in html
-    assert STDERR_MARKER + '<span style="color:#607d8b">warn</span>' in html
+    assert STDERR_MARKER + f'<span style="{STDERR_STYLE}">warn</span>' in html
     assert tail_text(chunks) == "100%\nok\nwarn\n"
     # a huge line is shortened in the middle, the newest lines are kept
     long = tail_html([("stdout", "a" * 5000 + "b" * 5000 + "\nlast\n")])

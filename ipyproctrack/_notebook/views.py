@@ -28,6 +28,8 @@ __all__ = [
     "LogsView",
     "ProcessTable",
     "badge_html",
+    "command_summary",
+    "detail_line_html",
     "failure_text",
     "first_line",
     "format_bytes",
@@ -43,8 +45,10 @@ __all__ = [
 
 #: Colour of errors (failed launches, survivors of a cleanup).
 ERROR_COLOR = "#c62828"
-#: stderr text in HTML tails: muted, not red (http.server's access log is no error).
-STDERR_STYLE = "color:#607d8b"
+#: stderr text in HTML tails: muted, not red (http.server's access log is no error). The
+#: theme's secondary text colour where JupyterLab defines it (readable in dark themes too),
+#: else a blue-grey that keeps a 4.5:1 contrast on white.
+STDERR_STYLE = "color:var(--jp-content-font-color2,#546e7a)"
 #: The start of a line written to stderr: a thin grey bar.
 STDERR_MARKER = (
     '<span title="stderr" style="border-left:2px solid #90a4ae;margin-right:4px"></span>'
@@ -111,9 +115,22 @@ def format_bytes(n: int | None) -> str:
 def shorten_command(text: str, limit: int) -> str:
     """A script on one line: blank and comment lines dropped, whitespace collapsed, cut
     at ``limit`` characters."""
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    text = " ".join(" ".join(lines).split())
+    text = " ".join(" ".join(_meaningful_lines(text)).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _meaningful_lines(text: str) -> list[str]:
+    stripped = (ln.strip() for ln in text.splitlines())
+    return [ln for ln in stripped if ln and not ln.startswith("#")]
+
+
+def command_summary(text: str) -> str:
+    """The first meaningful line of a script (no blank or ``# comment`` line), with `` …``
+    when more lines follow: what the widget shows of its command."""
+    lines = _meaningful_lines(text)
+    if not lines:
+        return text.strip()
+    return lines[0] + (" …" if len(lines) > 1 else "")
 
 
 def first_line(exc: BaseException) -> str:
@@ -157,8 +174,26 @@ def badge_html(state: ProcessState, *, text: str | None = None) -> str:
     """A coloured badge of ``state``; ``text`` (default ``state.describe()``) is its label."""
     label = state.describe() if text is None else text
     return (
-        f'<span style="background:{badge_color(state)};color:white;border-radius:3px;'
-        f'padding:0 6px;font-size:90%">{html.escape(label)}</span>'
+        f'<span class="ipyproctrack-badge" style="background:{badge_color(state)};color:white;'
+        f'border-radius:3px;padding:0 6px;font-size:90%;white-space:nowrap">'
+        f"{html.escape(label)}</span>"
+    )
+
+
+#: A line that never wraps: what does not fit ends in an ellipsis (the full text is in its
+#: tooltip). ``min-width:0`` lets it shrink inside the widget's flex row.
+_ONE_LINE = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis;min-width:0"
+#: The header's detail lines (command, log path): one font, one size, a little muted.
+_DETAIL = "font-family:var(--jp-code-font-family,monospace);font-size:85%;opacity:0.75"
+
+
+def detail_line_html(css_class: str, label: str, text: str, *, tooltip: str) -> str:
+    """One line of the widget's header under the status: ``label`` then ``text``, cut with
+    an ellipsis where the widget is too narrow; ``tooltip`` is the whole story."""
+    prefix = f"{html.escape(label)} " if label else ""
+    return (
+        f'<div class="{css_class}" style="{_ONE_LINE};{_DETAIL}" '
+        f'title="{html.escape(tooltip, quote=True)}">{prefix}{html.escape(text)}</div>'
     )
 
 
@@ -224,11 +259,14 @@ def tail_box_html(inner: str) -> str:
     if not inner:
         inner = '<span style="opacity:0.5">(no output yet)</span>'
     # column-reverse keeps the view scrolled to the newest line
+    # JupyterLab's theme variables (light fallbacks elsewhere), set in pairs so that text
+    # and background always come from the same theme
     return (
         '<div style="max-height:18em;overflow-y:auto;display:flex;'
-        'flex-direction:column-reverse;border:1px solid rgba(128,128,128,0.3)">'
+        "flex-direction:column-reverse;border:1px solid var(--jp-border-color2,#e0e0e0);"
+        'background:var(--jp-layout-color1,white);color:var(--jp-content-font-color1,#212121)">'
         '<pre style="margin:0;padding:4px 6px;white-space:pre-wrap;word-break:break-all;'
-        f'font-size:85%">{inner}</pre></div>'
+        f'font-size:85%;color:inherit;background:transparent">{inner}</pre></div>'
     )
 
 

@@ -31,11 +31,12 @@ from .stats import EMPTY_STATS, TreeStats
 from .views import (
     ERROR_COLOR,
     badge_html,
+    command_summary,
+    detail_line_html,
     first_line,
     format_bytes,
     format_clock,
     format_start,
-    shorten_command,
     status_line,
     tail_box_html,
     tail_html,
@@ -162,14 +163,20 @@ class ProcessWidget:
         self.ended = ""  # why the kernel ended: the final state, buttons disabled
         self.handle: Any = None  # the display handle, for the text left behind on release
 
-        self.header = ipywidgets.HTML(value=self._header_html(time.monotonic()))
+        # The header takes the room the buttons leave and cuts its own lines (ellipsis);
+        # the buttons never shrink. The CSS classes name the parts (tests, user styles).
+        self.header = ipywidgets.HTML(
+            value=self._header_html(time.monotonic()),
+            layout=ipywidgets.Layout(flex="1 1 auto", min_width="0", overflow="hidden"),
+        )
+        button_layout = {"width": "auto", "flex": "0 0 auto"}
         self.stop_button = ipywidgets.Button(
             description="Stop", icon="stop", tooltip="phased teardown of the whole tree",
-            layout=ipywidgets.Layout(width="auto"), disabled=True,
+            layout=ipywidgets.Layout(**button_layout), disabled=True,
         )
         self.restart_button = ipywidgets.Button(
             description="Restart", icon="refresh", tooltip="stop the tree and start it again",
-            layout=ipywidgets.Layout(width="auto"),
+            layout=ipywidgets.Layout(**button_layout),
         )
         self.tail = ipywidgets.HTML(value=tail_box_html(""))
         self.stop_button.on_click(self._on_stop)
@@ -178,8 +185,12 @@ class ProcessWidget:
             [self.header, self.stop_button, self.restart_button],
             layout=ipywidgets.Layout(align_items="center"),
         )
+        for part, name in ((self.header, "header"), (self.stop_button, "stop"),
+                           (self.restart_button, "restart"), (self.tail, "tail")):
+            part.add_class(f"ipyproctrack-{name}")
         self.view = _process_view_class()([row, self.tail])
         self.view.status = self.status_text
+        self.view.add_class("ipyproctrack-widget")
         self._sent: dict[str, Any] = {
             "header": self.header.value,
             "tail": self.tail.value,
@@ -315,18 +326,23 @@ class ProcessWidget:
         if self.phase is WidgetPhase.FAILED and self.error:
             sub = f'<div style="color:{ERROR_COLOR}">{html.escape(self.error)}</div>'
         elif proc is not None:
-            where = (html.escape(proc.log_error) if proc.log_error  # "no log: …"
-                     else f"log <code>{html.escape(str(proc.log_path))}</code>")
-            sub = (
-                '<div style="font-size:80%;opacity:0.7">'
-                f"{html.escape(shorten_command(proc.command, 120))} · {where}</div>"
+            log_text = proc.log_error or str(proc.log_path)  # "no log: …" when none
+            sub = detail_line_html(
+                "ipyproctrack-command", "", command_summary(proc.command), tooltip=proc.command
+            ) + detail_line_html(
+                "ipyproctrack-log", "" if proc.log_error else "log", log_text, tooltip=log_text
             )
         elif self.spec.ready:
-            sub = (
-                f'<div style="font-size:80%;opacity:0.7">waiting for '
-                f"{html.escape(self.spec.describe_ready())}</div>"
-            )
-        return f'<div style="line-height:1.5">{" · ".join(parts)}{sub}</div>'
+            ready = self.spec.describe_ready()
+            sub = detail_line_html("ipyproctrack-waiting", "waiting for", ready, tooltip=ready)
+        # wraps only between parts, after their "·"; `contain:inline-size` keeps the long
+        # detail lines from widening the header (they end in an ellipsis, not under the buttons)
+        last = len(parts) - 1
+        status = " ".join(
+            f'<span style="white-space:nowrap">{p}{" ·" if i < last else ""}</span>'
+            for i, p in enumerate(parts)
+        )
+        return f'<div style="line-height:1.5;contain:inline-size">{status}{sub}</div>'
 
     def _tail_html(self) -> str:
         proc = self.proc
