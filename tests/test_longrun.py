@@ -199,6 +199,9 @@ def test_short_soak_leaves_fds_and_threads_flat(shared: Kernel) -> None:
               f"RSS {rss / MiB:.1f} MiB")
     fds = [r[1] for r in rows]
     threads = [r[2] for r in rows]
-    assert max(fds) - min(fds) <= 2, rows
-    assert max(threads) - min(threads) <= 2, rows
+    # A leak grows with the cycles (30 cycles: 30 fds); a few descriptors come and go at
+    # any moment (a pidfd being waited on, a deleted log closing on its thread, a /proc
+    # read of the sampler), so flat means "no growth", not "the same number each time".
+    assert fds[-1] - fds[0] <= 3 and max(fds) - min(fds) <= 6, rows
+    assert threads[-1] - threads[0] <= 2 and max(threads) - min(threads) <= 4, rows
     assert rows[-1][3] - rows[0][3] <= 10 * MiB, rows
