@@ -307,12 +307,19 @@ def test_the_cluster_load_notebook_runs_clean(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
     out = run.stdout
-    for engine in (0, 1):
-        assert re.search(rf"\[engine {engine}\] load: pid \d+ running · ready in", out), out
-        assert re.search(rf"^\s+{engine}\s+\S+\s+load\s+\d+\s+running", out, re.M), out
-    assert re.search(r"2 workers: [1-9]\d* requests, 0 errors", out), out
+    # the service and the Locust master in the client kernel, each on a port of --port auto
+    assert re.search(r"service: pid \d+ running · ready in", out), out
+    assert re.search(r"master: pid \d+ running · ready in", out), out
+    assert re.search(r"the master listens on port \d+", out), out
+    for engine in (0, 1):  # one Locust worker per engine, in the merged table while it runs
+        assert re.search(rf"\[engine {engine}\] worker: pid \d+ running · ready in", out), out
+        assert re.search(rf"^\s+{engine}\s+\S+\s+worker\s+\d+\s+running", out, re.M), out
+        assert re.search(rf"^\s+{engine}\s+\S+\s+worker\s+\d+\s+exited 0", out, re.M), out
+    assert "master exit code: 0" in out and "2 workers connected" in out
+    # the master's _stats.csv, read with pandas: both workers' requests, none failed
+    assert re.search(r"2 workers: [1-9]\d* requests, 0 failures", out), out
     assert "engines and their 2 tracked processes: 0 left" in out
-    assert "the server is gone" in out and "no tracked process is left" in out
+    assert "the service is gone" in out and "no tracked process is left" in out
     nb = json.loads(output.read_text())
     errors = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]
               if o["output_type"] == "error"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,10 @@ def test_the_lesson_runs_clean(tmp_path: Path) -> None:
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
     out = run.stdout
     assert "its parent is pid" in out and "both stopped: True" in out  # the problem, undone
-    assert "replaced: True" in out and "it answers: True" in out  # a re-run replaces
+    # --port auto: the server's port is read back from the tracked process
+    assert re.search(r"web: running · ready in .*\| port \d+ \| answers: True", out), out
+    assert "replaced: True" in out  # a re-run replaces, on a free port again
+    assert re.search(r"one server, on port \d+ and it answers: True", out), out
     assert "different sessions and groups: True" in out  # why an interrupt spares it
     assert "stopped: memory limit (" in out  # the runaway, stopped with its reason
     assert "memory: tree RSS" in out and "> limit 100 MiB" in out
