@@ -21,7 +21,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import psutil
 
@@ -234,3 +234,13 @@ def wait_dead(pairs: Iterable[tuple[int, float]], timeout: float) -> list[int]:
         if not pending or time.monotonic() >= deadline:
             return [pid for pid, _ in pending]
         time.sleep(0.02)
+
+
+def until(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until it is true (True) or ``timeout`` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False

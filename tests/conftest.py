@@ -36,7 +36,11 @@ from _procs import (
 )
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from _kernels import Kernel
+
+    from ipyproctrack import Tracker
 
 mark_test_run()
 
@@ -87,3 +91,25 @@ def shared(_shared_kernel: Kernel) -> Iterator[Kernel]:
     """The module's kernel; whatever a test started is cleaned up after it, pass or fail."""
     yield _shared_kernel
     _shared_kernel.run("%proctrack_cleanup")
+
+
+@pytest.fixture
+def tracker(tmp_path: Path) -> Iterator[Tracker]:
+    """A Tracker logging under the test's tmp dir; closed (everything torn down) after."""
+    from ipyproctrack import Tracker
+
+    t = Tracker(log_dir=tmp_path / "logs", grace=1.0)
+    yield t
+    t.close(grace=0.5)
+
+
+@pytest.fixture
+def kernel() -> Iterator[Kernel]:
+    """A fresh real kernel for a test that ends it (shutdown, restart, signals)."""
+    from _kernels import Kernel
+
+    k = Kernel()
+    try:
+        yield k
+    finally:
+        k.close()

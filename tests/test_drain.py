@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _procs import until
 
 from ipyproctrack import TrackedProcess, Tracker
 from ipyproctrack import _platform as plat
@@ -34,15 +34,6 @@ def tracker_factory(tmp_path: Path) -> Iterator[Callable[..., Tracker]]:
     yield make
     for tracker in made:
         tracker.close(grace=0.5)
-
-
-def _wait_for(pred: Callable[[], object], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def _drain_threads() -> list[threading.Thread]:
@@ -77,11 +68,11 @@ def test_pipes_are_read_to_eof_then_closed(
         view = memoryview(data)
         while view:  # the drain empties the pipe meanwhile
             view = view[os.write(w, view[: 1 << 16]) :]
-    assert _wait_for(lambda: [s.bytes_received for s in sinks] == [len(p) for p in payload])
+    assert until(lambda: [s.bytes_received for s in sinks] == [len(p) for p in payload])
     assert done == []
     for _, w in writers:
         os.close(w)
-    assert _wait_for(lambda: sorted(done) == [0, 1, 2])
+    assert until(lambda: sorted(done) == [0, 1, 2])
     for r, _ in writers:  # closed by the drain once it saw EOF
         with pytest.raises(OSError):
             os.fstat(r)
@@ -100,7 +91,7 @@ def test_stop_closes_open_pipes_and_reports_them_done(tmp_path: Path) -> None:
                       tail_bytes=1024, tail_lines=10)
     drain.add(r, "stdout", sink, done.set)
     os.write(w, b"before stop\n")
-    assert _wait_for(lambda: sink.tail() == "before stop\n")
+    assert until(lambda: sink.tail() == "before stop\n")
     assert drain.stop()
     assert done.is_set() and _drain_threads() == []
     with pytest.raises(OSError):
@@ -113,9 +104,9 @@ def test_a_flood_does_not_starve_another_pipe(tracker_factory: Callable[..., Tra
     tracker = tracker_factory()
     flood = tracker.start([PY, "-c", "import sys\nwhile True: sys.stdout.write('y' * 65536)"],
                           name="flood")
-    assert _wait_for(lambda: flood.bytes_received > 8 << 20)
+    assert until(lambda: flood.bytes_received > 8 << 20)
     quiet = tracker.start("echo hello; exec sleep 60", name="quiet")
-    assert _wait_for(lambda: quiet.tail() == "hello\n")
+    assert until(lambda: quiet.tail() == "hello\n")
     assert flood.is_running()  # it flooded all along
     tracker.cleanup(grace=0.5)
 
@@ -134,8 +125,8 @@ def test_the_display_hears_of_the_last_output(tracker_factory: Callable[..., Tra
                           "    print(i, flush=True); time.sleep(0.002)\n"
                           "time.sleep(60)"], name="burst")
     procs.append(proc)
-    assert _wait_for(lambda: proc.tail(1) == "199\n")
-    assert _wait_for(lambda: bool(seen) and seen[-1] == proc.output_version)
+    assert until(lambda: proc.tail(1) == "199\n")
+    assert until(lambda: bool(seen) and seen[-1] == proc.output_version)
     assert len(seen) < proc.output_version  # throttled: fewer wake-ups than reads
     proc.stop(grace=0.5)
 
@@ -152,5 +143,5 @@ def test_trackers_leave_no_drain_thread_or_fd(tmp_path: Path) -> None:
     threads, fds = threading.active_count(), _open_fds()
     for n in range(1, 16):
         one(n)
-    assert _wait_for(lambda: threading.active_count() <= threads)  # short-lived helpers end
+    assert until(lambda: threading.active_count() <= threads)  # short-lived helpers end
     assert _open_fds() <= fds, os.listdir("/proc/self/fd")

@@ -10,12 +10,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 import pytest
-from _procs import create_time, is_alive, kill_by_identity, wait_dead
+from _procs import create_time, is_alive, kill_by_identity, until, wait_dead
 from _trees import read_nasty_pids, start_nasty, wait_nasty_ready
 
 from ipyproctrack import (
@@ -33,22 +32,6 @@ from ipyproctrack._engine.output import RotatingLog
 from ipyproctrack._proc import ProcId, Target, discovery_name, run_teardown, send_signal
 
 PY = sys.executable
-
-
-@pytest.fixture
-def tracker(tmp_path: Path) -> Iterator[Tracker]:
-    t = Tracker(log_dir=tmp_path / "logs", grace=1.0)
-    yield t
-    t.close(grace=0.5)
-
-
-def _wait_for(pred: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def _clean_up_the_nasty_tree(tracker: Tracker, tmp_path: Path, grace: float) -> float:
@@ -96,7 +79,7 @@ def test_draining_while_caller_sleeps(tracker: Tracker) -> None:
         "    sys.stdout.buffer.write(line * 64); sys.stdout.flush(); time.sleep(1/16)\n"
     )
     proc = tracker.start([PY, "-c", writer], name="writer")
-    assert _wait_for(lambda: proc.bytes_received > 0)
+    assert until(lambda: proc.bytes_received > 0)
     before = proc.log_path.stat().st_size
     time.sleep(3)  # the caller's thread blocks; the drain must not
     grown = proc.log_path.stat().st_size - before
@@ -228,7 +211,7 @@ def test_tags_are_exact(tracker: Tracker) -> None:
         name="tags",
     )
     assert proc.wait(10) == 0
-    assert _wait_for(lambda: proc.tail().strip() != "")
+    assert until(lambda: proc.tail().strip() != "")
     session, process = proc.tail().split()
     assert session == tracker.session_tag
     assert process == proc.tag and process.startswith(session)
@@ -317,7 +300,7 @@ def test_subscribers_get_batches_and_a_slow_one_blocks_nothing(tracker: Tracker)
     assert proc.wait(10) == 0
     assert proc._drained.wait(10)  # draining finished although `slow` is stuck
     release.set()
-    assert _wait_for(lambda: any(c.stream == "stderr" for c in got))
+    assert until(lambda: any(c.stream == "stderr" for c in got))
     unsub_fast()
     unsub_slow()
     assert slow_calls
@@ -509,7 +492,7 @@ def test_subscriber_thread_ends_when_the_output_closes(tracker: Tracker) -> None
     proc.subscribe(slow)
     assert proc.wait_output_done(10)
     release.set()
-    assert _wait_for(
+    assert until(
         lambda: not [t for t in threading.enumerate() if t.name == "ipyproctrack-subscriber"]
     )
 
@@ -522,7 +505,7 @@ def test_on_exit_callback_may_restart_the_process(tracker: Tracker) -> None:
 
     first = tracker.start("exit 1", name="phoenix")
     first.on_exit(restart)
-    assert _wait_for(lambda: bool(restarted))
+    assert until(lambda: bool(restarted))
     second = tracker.get("phoenix")
     assert second is restarted[0] and second is not first
     assert second.wait(10) == 0 and second.wait_output_done(10)
@@ -551,7 +534,7 @@ def test_close_racing_a_start_leaves_nothing(tracker: Tracker) -> None:
 def test_trees_of_every_process_from_one_scan(tracker: Tracker) -> None:
     a = tracker.start("sleep 60 & sleep 60", name="a")
     b = tracker.start("sleep 60", name="b")
-    assert _wait_for(lambda: len(a.tree()) == 3)
+    assert until(lambda: len(a.tree()) == 3)
     trees = tracker.trees()
     assert {k: len(v) for k, v in trees.items()} == {"a": 3, "b": 1}
     assert [i.pid for i in trees["b"]] == [b.pid]
@@ -584,7 +567,7 @@ def test_a_stopped_process_reads_stopped_as_soon_as_it_exits(tracker: Tracker) -
     proc = tracker.start("exec sleep 60", name="s")
     proc.on_exit(lambda p: states.append(str(p.state)))
     proc.stop(grace=1.0)
-    assert _wait_for(lambda: bool(states))
+    assert until(lambda: bool(states))
     assert states == ["stopped"]
 
 
@@ -638,13 +621,13 @@ def test_callbacks_that_raise_are_logged_and_harm_no_other(
     proc.on_exit(broken)
     proc.on_exit(lambda p: got.append(f"exit {p.returncode}"))
     gate.touch()
-    assert _wait_for(lambda: sorted(got) == ["exit 0", "hello\n"]), got
+    assert until(lambda: sorted(got) == ["exit 0", "hello\n"]), got
 
     def logged() -> dict[str, str]:  # logger -> message, for the records of our "boom"
         return {r.name: r.getMessage() for r in caplog.records
                 if r.exc_info and "boom" in str(r.exc_info[1])}
 
-    assert _wait_for(lambda: len(logged()) == 2), logged()
+    assert until(lambda: len(logged()) == 2), logged()
     assert logged()["ipyproctrack._engine.output"].startswith("output subscriber")
     assert logged()["ipyproctrack._engine.process"].startswith("cb: on_exit callback")
 
@@ -662,7 +645,7 @@ def test_a_broken_on_change_is_logged_once_and_stops_nothing(
     script = f"echo first; while [ ! -e {gate} ]; do sleep 0.01; done; echo second; exit 3"
     with Tracker(log_dir=tmp_path / "logs", on_change=broken) as tracker:
         proc = tracker.start(script, name="oc")
-        assert _wait_for(lambda: proc.tail() == "first\n")  # on_change has raised by now
+        assert until(lambda: proc.tail() == "first\n")  # on_change has raised by now
         gate.touch()
         assert proc.wait(10) == 3  # the exit is still seen
         assert proc.wait_output_done(10)
@@ -694,7 +677,7 @@ def test_posix_without_psutil_still_ends_the_group(tmp_path: Path) -> None:
     pgid, returncode, discovery = out.stdout.split()
     assert discovery == "ps"
     assert returncode == "-15"  # ended by SIGTERM
-    assert _wait_for(lambda: _live_in_group(pgid) == [], 3.0), _live_in_group(pgid)
+    assert until(lambda: _live_in_group(pgid) == [], 3.0), _live_in_group(pgid)
 
 
 def _live_in_group(pgid: str) -> list[str]:

@@ -8,30 +8,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _procs import until
 
 from ipyproctrack import CallableReady, Phase, Tracker
 
 PY = sys.executable
-
-
-@pytest.fixture
-def tracker(tmp_path: Path) -> Iterator[Tracker]:
-    t = Tracker(log_dir=tmp_path / "logs", grace=1.0)
-    yield t
-    t.close(grace=0.5)
-
-
-def _wait_for(pred: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
-            return True
-        time.sleep(0.02)
-    return False
 
 
 _STUBBORN = (
@@ -44,7 +28,7 @@ _STUBBORN = (
 
 def test_an_interrupted_replace_stops_the_old_tree_and_starts_nothing(tracker: Tracker) -> None:
     old = tracker.start([PY, "-c", _STUBBORN], name="web")
-    assert _wait_for(lambda: "up" in old.tail())
+    assert until(lambda: "up" in old.tail())
     main = threading.main_thread().ident
     assert main is not None
     # A real Ctrl-C, while the replace waits out the (long) grace of the SIGTERM-ignoring tree
@@ -107,7 +91,7 @@ def test_a_tracker_closed_by_its_owner_at_exit_is_closed_once(tmp_path: Path) ->
 def test_a_slow_readiness_check_never_stalls_the_drain(tracker: Tracker, kind: str) -> None:
     ticker = "import time\nwhile True:\n    print('tick', flush=True); time.sleep(0.02)\n"
     flood = tracker.start([PY, "-c", ticker], name="ticker")
-    assert _wait_for(lambda: flood.bytes_received > 0)
+    assert until(lambda: flood.bytes_received > 0)
     window: list[float] = []
     seen: list[tuple[float, int]] = []
 

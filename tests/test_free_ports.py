@@ -5,8 +5,6 @@ from __future__ import annotations
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from _procs import is_alive
@@ -15,13 +13,6 @@ from ipyproctrack import ExitTimeout, HttpReady, LaunchError, PortReady, Tracker
 from ipyproctrack._engine.ports import free_port, resolve_port, with_port
 
 SERVER = f"exec {sys.executable} -m http.server {{port}} --bind 127.0.0.1"
-
-
-@pytest.fixture
-def tracker(tmp_path: Path) -> Iterator[Tracker]:
-    t = Tracker(log_dir=tmp_path / "logs", grace=1.0)
-    yield t
-    t.close(grace=0.5)
 
 
 def _status(port: int) -> int:

@@ -17,7 +17,6 @@ import signal
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,15 +33,6 @@ pytestmark = [
     pytest.mark.timeout(150),
     pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and kernel endings"),
 ]
-
-
-@pytest.fixture
-def kernel() -> Iterator[Kernel]:
-    k = Kernel()
-    try:
-        yield k
-    finally:
-        k.close()
 
 
 # ----------------------------------------------------------------------------- kernel endings

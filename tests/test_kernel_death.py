@@ -10,7 +10,6 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -29,15 +28,6 @@ class BareKernel(Kernel):
 
     def setup(self) -> None:
         self.pid = int(self.ok("import os; print(os.getpid())").stdout)
-
-
-@pytest.fixture
-def kernel() -> Iterator[Kernel]:
-    k = Kernel()
-    try:
-        yield k
-    finally:
-        k.close()
 
 
 def _start_busy(k: Kernel) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from _kernels import Kernel
@@ -29,13 +27,6 @@ HOG = (
     "    keep.append(bytearray(10 * 2**20)); time.sleep(0.05)\n"
     "' & wait"
 )
-
-
-@pytest.fixture
-def tracker(tmp_path: Path) -> Iterator[Tracker]:
-    t = Tracker(log_dir=tmp_path / "logs", grace=1.0)
-    yield t
-    t.close(grace=0.5)
 
 
 def _tree_gone(proc: TrackedProcess, timeout: float = 5.0) -> bool:

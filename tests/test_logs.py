@@ -8,11 +8,10 @@ import stat
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _procs import until
 
 from ipyproctrack import LaunchError, Tracker
 from ipyproctrack._engine.logdirs import default_base, new_session_dir
@@ -21,22 +20,6 @@ from ipyproctrack._proc.scan import get_record
 
 PY = sys.executable
 MiB = 2**20
-
-
-@pytest.fixture
-def tracker(tmp_path: Path) -> Iterator[Tracker]:
-    t = Tracker(log_dir=tmp_path / "logs", grace=1.0)
-    yield t
-    t.close(grace=0.5)
-
-
-def _wait_for(pred: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def _mode(path: Path) -> int:
@@ -162,13 +145,13 @@ def test_a_log_deleted_while_running_is_made_again_or_reported(tmp_path: Path) -
     ticker = "import time\nfor i in range(2000):\n    print(i, flush=True); time.sleep(0.01)\n"
     with Tracker(log_dir=tmp_path / "logs") as t:
         proc = t.start([PY, "-c", ticker], name="ticker")
-        assert _wait_for(lambda: proc.log_path.exists() and proc.log_path.stat().st_size > 0)
+        assert until(lambda: proc.log_path.exists() and proc.log_path.stat().st_size > 0)
         proc.log_path.unlink()  # the file alone: a new one takes the output from now on
-        assert _wait_for(lambda: proc.log_path.exists() and proc.log_path.stat().st_size > 0)
+        assert until(lambda: proc.log_path.exists() and proc.log_path.stat().st_size > 0)
         assert proc.log_error is None
         proc.log_path.unlink()
         (tmp_path / "logs").rmdir()  # the whole directory: nowhere to write
-        assert _wait_for(lambda: proc.log_error is not None)
+        assert until(lambda: proc.log_error is not None)
         assert proc.log_error == f"no log: no such file or directory on {proc.log_path}"
         assert proc.is_running()
         proc.stop(grace=0.5)
@@ -213,7 +196,7 @@ def test_four_floods_stay_within_the_session_budget(tmp_path: Path) -> None:
             worst = (max(worst[0], use[0]), max(worst[1], use[1]))
             return sum(p.bytes_received for p in floods) > 6 * budget
 
-        assert _wait_for(written, timeout=60)
+        assert until(written, timeout=60)
         report = t.cleanup(grace=0.5)
         assert report.ok
         assert worst[0] <= budget, worst
@@ -317,10 +300,10 @@ def test_subscribers_share_one_thread(tracker: Tracker) -> None:
     ticker = "import time\nwhile True:\n    print('x', flush=True); time.sleep(0.05)\n"
     procs = [tracker.start([PY, "-c", ticker], name=f"p{i}") for i in range(3)]
     unsubs = [p.subscribe(lambda batch: got.append(len(batch))) for p in procs for _ in "ab"]
-    assert _wait_for(lambda: len(got) >= 12)
+    assert until(lambda: len(got) >= 12)
     names = [th.name for th in threading.enumerate()]
     assert names.count("ipyproctrack-subscriber") == 1
     for unsub in unsubs:
         unsub()
-    assert _wait_for(lambda: "ipyproctrack-subscriber" not in
+    assert until(lambda: "ipyproctrack-subscriber" not in
                      [th.name for th in threading.enumerate()])

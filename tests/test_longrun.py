@@ -7,7 +7,6 @@ import contextlib
 import queue
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -22,15 +21,6 @@ pytestmark = [
 NB = "__import__('ipyproctrack')._notebook"
 SESSION = f"{NB}.current_session()"
 MiB = 1 << 20
-
-
-@pytest.fixture
-def kernel() -> Iterator[Kernel]:
-    k = Kernel()
-    try:
-        yield k
-    finally:
-        k.close()
 
 
 # ----------------------------------------------------------------------------- memory

@@ -9,11 +9,10 @@ import statistics
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _procs import until
 
 from ipyproctrack import MetricsSample, Tracker
 from ipyproctrack._engine.metrics import PANDAS_HINT
@@ -34,26 +33,10 @@ BUSY_THEN_BIG = textwrap.dedent(f"""\
 """)
 
 
-@pytest.fixture
-def tracker(tmp_path: Path) -> Iterator[Tracker]:
-    t = Tracker(log_dir=tmp_path / "logs", grace=1.0)
-    yield t
-    t.close(grace=0.5)
-
-
-def _until(pred: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_busy_loop_then_80_mib_show_in_the_samples(tracker: Tracker) -> None:
     proc = tracker.start(BUSY_THEN_BIG, name="busy")
     assert proc.wait(60) == 0
-    assert _until(proc.metrics_series.finished.is_set, 10)  # the empty tree was seen
+    assert until(proc.metrics_series.finished.is_set, 10)  # the empty tree was seen
     samples = proc.metrics()
     assert all(isinstance(s, MetricsSample) for s in samples)
     assert max(s.cpu_percent for s in samples) > 50, samples
@@ -78,7 +61,7 @@ def test_busy_loop_then_80_mib_show_in_the_samples(tracker: Tracker) -> None:
 @pytest.mark.perf
 def test_samples_come_about_once_a_second(tracker: Tracker) -> None:
     proc = tracker.start("exec sleep 30", name="idle")
-    assert _until(lambda: len(proc.metrics()) >= 6, 15)
+    assert until(lambda: len(proc.metrics()) >= 6, 15)
     times = [s.t for s in proc.metrics()]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert 0.8 < statistics.median(gaps) < 1.3, gaps
@@ -88,11 +71,11 @@ def test_samples_come_about_once_a_second(tracker: Tracker) -> None:
 def test_samples_are_kept_in_a_bounded_ring(tmp_path: Path) -> None:
     with Tracker(log_dir=tmp_path, metrics_interval=0.1, metrics_keep=0.5) as t:
         proc = t.start("exec sleep 30", name="short")
-        assert _until(lambda: len(proc.metrics()) >= 6 and proc.metrics()[0].t > 0.6, 15)
+        assert until(lambda: len(proc.metrics()) >= 6 and proc.metrics()[0].t > 0.6, 15)
         assert len(proc.metrics()) <= 6  # 0.5 s / 0.1 s + 1
         # a stop writes the CSV too, once the tree is gone
         proc.stop(grace=0.5)
-        assert _until(proc.metrics_series.finished.is_set, 10)
+        assert until(proc.metrics_series.finished.is_set, 10)
         assert proc.metrics_csv is not None and proc.metrics_csv.exists()
 
 
@@ -107,7 +90,7 @@ def test_no_sampling_when_disabled(tmp_path: Path) -> None:
 def test_close_writes_the_metrics_of_running_trees(tmp_path: Path) -> None:
     t = Tracker(log_dir=tmp_path)
     proc = t.start("exec sleep 30", name="svc")
-    assert _until(lambda: proc.metrics(), 10)
+    assert until(lambda: proc.metrics(), 10)
     t.close(grace=0.5)
     assert proc.metrics_csv is not None
     rows = proc.metrics_csv.read_text().splitlines()
@@ -124,9 +107,9 @@ def test_the_csv_is_never_written_through_a_symlink(tmp_path: Path,
         proc = t.start("exec sleep 30", name="trap")
         assert proc.metrics_csv is not None
         proc.metrics_csv.symlink_to(victim)  # planted where the CSV will go
-        assert _until(lambda: proc.metrics(), 10)
+        assert until(lambda: proc.metrics(), 10)
         proc.stop(grace=0.5)
-        assert _until(proc.metrics_series.finished.is_set, 10)
+        assert until(proc.metrics_series.finished.is_set, 10)
     assert victim.read_text() == "keep me\n"
     assert "cannot write the metrics" in caplog.text
     assert proc.metrics()  # the samples stay in memory
@@ -135,7 +118,7 @@ def test_the_csv_is_never_written_through_a_symlink(tmp_path: Path,
 def test_metrics_frame(tracker: Tracker) -> None:
     pandas = pytest.importorskip("pandas")
     proc = tracker.start("exec sleep 30", name="framed")
-    assert _until(lambda: len(proc.metrics()) >= 2, 10)
+    assert until(lambda: len(proc.metrics()) >= 2, 10)
     frame = proc.metrics_frame()
     assert isinstance(frame, pandas.DataFrame)
     assert list(frame.columns) == ["t", "cpu_percent", "rss", "processes"]

@@ -24,17 +24,20 @@ def _points(svg: str) -> list[tuple[float, float]]:
 
 
 def test_a_sparkline_spans_its_window_newest_at_the_right() -> None:
-    svg = sparkline_svg([(0.0, 0.0), (30.0, 50.0), (60.0, 100.0)], window=60, width=61,
+    # 20 slots of 3 s on a fixed grid: t=3 is 19 slots back (the left edge), t=31.5 10
+    svg = sparkline_svg([(3.0, 0.0), (31.5, 50.0), (60.0, 100.0)], window=60, width=61,
                         height=11, title="CPU <x>")
     pts = _points(svg)
-    assert pts == [(0.5, 10.5), (30.5, 5.5), (60.5, 0.5)]  # 0 at the bottom, peak on top
+    assert pts == [(0.5, 10.5), (28.9, 5.5), (60.5, 0.5)]  # 0 at the bottom, peak on top
     assert "<title>CPU &lt;x&gt;</title>" in svg
 
 
 def test_old_points_fall_out_and_the_floor_keeps_idle_flat() -> None:
-    pts = _points(sparkline_svg([(0.0, 9.0), (100.0, 1.0), (101.0, 1.0)], window=60,
+    pts = _points(sparkline_svg([(0.0, 9.0), (97.0, 1.0), (101.0, 1.0)], window=60,
                                 floor_max=100, height=11))
-    assert len(pts) == 2  # t=0 is more than 60 s before the newest point
+    # t=0 is more than 60 s before the newest point; the first kept figure reaches back
+    # to the left edge
+    assert pts[0][0] == 0.5 and pts[-1][0] == 59.5  # (one flat segment: two corners)
     assert all(y > 10 for _, y in pts)  # 1% of a 100% scale: near the bottom
 
 
@@ -51,7 +54,22 @@ def test_header_sparklines_of_cpu_and_rss() -> None:
     assert len(re.findall(r"<svg ", out)) == 2
     assert "peak 1190%" in out and "peak 120.0 MiB" in out  # of the last 60 s only
     for svg in re.findall(r"<svg .*?</svg>", out):
-        assert len(_points(svg)) == 61
+        pts = _points(svg)  # one point per 3 s slot, flat runs merged into one segment
+        assert 2 <= len(pts) <= 20 and pts[0][0] == 0.5 and pts[-1][0] == 59.5
+
+
+def test_an_unchanging_tree_draws_the_same_picture_every_second() -> None:
+    # An idle widget must send no update: new samples of the same figures, a few KiB of RSS
+    # jitter and samples arriving off the second, change nothing once the window is full.
+    def at(end: float) -> str:
+        return sparklines_html([
+            MetricsSample(t + 0.013 * (t % 3), 0.0, (50 << 20) + 4096 * (t % 2), 1)
+            for t in range(int(end) - 70, int(end))
+        ])
+    assert at(200.0) == at(203.0) == at(260.0)
+    # ... nor while a young tree's window fills
+    young = [MetricsSample(float(t), 0.0, 50 << 20, 1) for t in range(30)]
+    assert sparklines_html(young[:10]) == sparklines_html(young[:20]) == sparklines_html(young)
 
 
 def test_the_widget_header_shows_the_sparklines_of_a_real_tree(tmp_path: Path) -> None:
@@ -78,9 +96,9 @@ def test_the_widget_header_shows_the_sparklines_of_a_real_tree(tmp_path: Path) -
         proc = tracker.start("exec sleep 30", name="sparky")
         widget = ProcessWidget(Host(), LaunchSpec(command="sleep", name="sparky"))
         widget.attach(proc)
-        deadline = time.monotonic() + 10
-        while len(proc.metrics()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        deadline = time.monotonic() + 15
+        while not sparklines_html(proc.metrics()) and time.monotonic() < deadline:
+            time.sleep(0.05)  # two 3 s slots of samples
         header = dict(widget.pending(time.monotonic()))["header"]
         assert "CPU <svg" in header and "RSS <svg" in header
         proc.stop(grace=0.5)

@@ -19,6 +19,7 @@ __all__ = ["SPARK_SECONDS", "sparkline_svg", "sparklines_html"]
 SPARK_SECONDS = 60.0
 _WIDTH = 60
 _HEIGHT = 14
+_SLOTS = 20  # points per sparkline: one per window / 20 seconds (3 s by default)
 _CPU_COLOR = "#1f77b4"
 _RSS_COLOR = "#9467bd"
 
@@ -38,14 +39,24 @@ def sparkline_svg(
     value, at least ``floor_max``. Fewer than two points: an empty string."""
     if len(points) < 2:
         return ""
-    end = points[-1][0]
-    shown = [(t, v) for t, v in points if t >= end - window]
-    top = max(max(v for _, v in shown), floor_max) or 1.0
-    coords = " ".join(
-        f"{(width - 1) * (1 - (end - t) / window) + 0.5:.1f},"
-        f"{(height - 1) * (1 - v / top) + 0.5:.1f}"
-        for t, v in shown
-    )
+    slots = _slotted(points, window)
+    if len(slots) < 2:
+        return ""
+    if slots[0][0] < _SLOTS - 1:
+        # A young tree: its first figure reaches back to the left edge, so the picture has
+        # a fixed width and stays the same while the figures do (no update for an idle
+        # widget as its window fills).
+        slots.insert(0, (_SLOTS - 1, slots[0][1]))
+    top = max(max(v for _, v in slots), floor_max) or 1.0
+    # Whole slots and whole pixel rows: a tree whose figures do not change draws the same
+    # picture on every refresh, so an idle widget sends no update (each one costs the
+    # kernel a message; 100 idle widgets must stay quiet).
+    xy = [((width - 1) * (1 - k / (_SLOTS - 1)) + 0.5, round((height - 1) * (1 - v / top)) + 0.5)
+          for k, v in slots]
+    # Only the corners: a flat run is one segment, whatever its number of samples.
+    corners = [p for i, p in enumerate(xy)
+               if i in (0, len(xy) - 1) or not xy[i - 1][1] == p[1] == xy[i + 1][1]]
+    coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in corners)
     label = f"<title>{html.escape(title)}</title>" if title else ""
     return (
         f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
@@ -55,8 +66,21 @@ def sparkline_svg(
     )
 
 
+def _slotted(points: Sequence[tuple[float, float]], window: float) -> list[tuple[int, float]]:
+    """(slots back from the newest, peak value in that slot), oldest first: the window cut
+    into ``_SLOTS`` slots on a fixed grid of time, so slots do not shift between samples."""
+    step = window / _SLOTS
+    newest = int(points[-1][0] // step)
+    peaks: dict[int, float] = {}
+    for t, v in points:
+        back = newest - int(t // step)
+        if 0 <= back < _SLOTS:
+            peaks[back] = max(peaks.get(back, v), v)
+    return sorted(peaks.items(), reverse=True)
+
+
 def sparklines_html(samples: Sequence[MetricsSample], *, window: float = SPARK_SECONDS) -> str:
-    """``CPU <svg> RSS <svg>`` for the header; "" until there are two samples."""
+    """``CPU <svg> RSS <svg>`` for the header; "" until two time slots have samples."""
     if len(samples) < 2:
         return ""
     end = samples[-1].t
@@ -71,4 +95,6 @@ def sparklines_html(samples: Sequence[MetricsSample], *, window: float = SPARK_S
     rss = sparkline_svg([(s.t, float(s.rss)) for s in recent], window=window,
                         color=_RSS_COLOR,
                         title=f"RSS, last {window:g} s (peak {format_bytes(peak_rss)})")
+    if not cpu or not rss:  # fewer than two time slots so far
+        return ""
     return f"CPU {cpu} RSS {rss}"
