@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -71,6 +73,10 @@ class Kernel:
     def __init__(self, *, env: dict[str, str] | None = None) -> None:
         """``env``: extra variables for the kernel's environment."""
         env = {**os.environ, **(env or {})}
+        # The kernel's temporary files (ipykernel's cell files, our default log directory)
+        # go to a directory of the test's own, removed by close().
+        self.tmpdir = tempfile.mkdtemp(prefix="ipyproctrack-kernel-")
+        env["TMPDIR"] = self.tmpdir
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO), env.get("PYTHONPATH", "")) if p
         )
@@ -122,8 +128,24 @@ class Kernel:
         try:
             self.kc.stop_channels()
         finally:
-            if self.km.has_kernel:  # graceful: the extension tears its trees down
-                self.km.shutdown_kernel(now=False)
+            try:
+                if self.km.has_kernel:  # graceful: the extension tears its trees down
+                    self.km.shutdown_kernel(now=False)
+                else:  # it was killed: its connection file is still ours to remove
+                    self.km.cleanup_resources()
+            finally:
+                _remove_tree(self.tmpdir)
+
+
+def _remove_tree(path: str, timeout: float = 10.0) -> None:
+    """Remove a kernel's temporary directory. A keeper that tore a tree down when the kernel
+    died may still be appending its report there, so try again until it is gone."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path) or time.monotonic() > deadline:
+            return
+        time.sleep(0.1)
 
 
 def free_port() -> int:
