@@ -106,7 +106,10 @@ def _suite(python: Path, src: Path, workdir: Path, *, loaded: bool, args: list[s
         profile.mkdir(parents=True)
         (profile / "ipython_config.py").write_text(PROFILE)
     junit = workdir / f"junit-{mode}.xml"
-    env = {**os.environ, "IPYTHONDIR": str(ipdir), "IPYPROCTRACK_COMPAT_MARKS": str(marks)}
+    # ipykernel's tests leave temporary kernelspec folders behind: keep them in our workdir
+    scratch = Path(tempfile.mkdtemp(prefix=f"tmp-{mode}-", dir=workdir))
+    env = {**os.environ, "IPYTHONDIR": str(ipdir), "IPYPROCTRACK_COMPAT_MARKS": str(marks),
+           "TMPDIR": str(scratch)}
     env.pop("PYTHONPATH", None)
     # our pytest plugin stays out of both runs: only the IPython extension differs
     cmd = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:ipyproctrack",
@@ -121,8 +124,8 @@ def _suite(python: Path, src: Path, workdir: Path, *, loaded: bool, args: list[s
         raise SystemExit(f"ipykernel's suite did not run ({mode}, exit {done.returncode})")
     outcomes = _outcomes(junit)
     kernels = len(list(marks.iterdir()))
-    shutil.rmtree(ipdir, ignore_errors=True)
-    shutil.rmtree(marks, ignore_errors=True)
+    for folder in (ipdir, marks, scratch):
+        shutil.rmtree(folder, ignore_errors=True)
     return outcomes, kernels
 
 
