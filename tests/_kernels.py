@@ -134,10 +134,10 @@ class Kernel:
                 else:  # it was killed: its connection file is still ours to remove
                     self.km.cleanup_resources()
             finally:
-                _remove_tree(self.tmpdir)
+                remove_tree(self.tmpdir)
 
 
-def _remove_tree(path: str, timeout: float = 10.0) -> None:
+def remove_tree(path: str, timeout: float = 10.0) -> None:
     """Remove a kernel's temporary directory. A keeper that tore a tree down when the kernel
     died may still be appending its report there, so try again until it is gone."""
     deadline = time.monotonic() + timeout

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from _kernels import GRACE, REPO, Kernel
+from _kernels import GRACE, REPO, Kernel, remove_tree
 from _procs import create_time, is_alive, kill_by_identity, wait_dead
 from _trees import read_nasty_pids, start_nasty, wait_nasty_ready
 
@@ -102,12 +102,15 @@ def close_kernel(kernel: Kernel) -> None:
     with contextlib.suppress(Exception):
         kernel.kc.stop_channels()
     km = kernel.km
-    if not km.has_kernel:
-        return
-    if km.is_alive():
-        km.shutdown_kernel(now=False)
-    else:  # killed by the test: nothing to ask, only reap it and remove its files
-        km.shutdown_kernel(now=True)
+    try:
+        if not km.has_kernel:
+            return
+        if km.is_alive():
+            km.shutdown_kernel(now=False)
+        else:  # killed by the test: nothing to ask, only reap it and remove its files
+            km.shutdown_kernel(now=True)
+    finally:
+        remove_tree(kernel.tmpdir)  # its TMPDIR: ipykernel's files, the session's logs
 
 
 @pytest.fixture
