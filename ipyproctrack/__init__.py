@@ -9,8 +9,6 @@ runs) loads only the standard library, not anyio, psutil or IPython.
 
 from __future__ import annotations
 
-import importlib
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
@@ -108,6 +106,8 @@ def __getattr__(name: str) -> object:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib  # here: it imports warnings, a cost on every keeper's start
+
     value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value  # once loaded, a plain attribute
     return value

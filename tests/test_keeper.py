@@ -750,6 +750,17 @@ def test_the_keepers_kill_path_imports_no_psutil_anyio_or_subprocess(started: St
     assert wait_dead([c for c in children if c], 1.0) == []
 
 
+
+def test_the_keepers_start_up_loads_no_enum_signal_or_importlib() -> None:
+    """Every launch waits for a keeper's start, so its imports are kept to the bone:
+    ``signal`` (it imports enum: 7 ms of a ~25 ms start) and importlib stay out."""
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import ipyproctrack._keeper.main; "
+             "print(' '.join(m for m in ('enum', 'signal', 'importlib', 'warnings', 're') "
+             "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", probe, str(REPO)],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    assert out.strip() == ""
+
 WITHOUT_PSUTIL = textwrap.dedent(
     """\
     import sys

@@ -43,7 +43,6 @@ from __future__ import annotations
 import errno
 import os
 import select
-import signal
 import sys
 import time
 
@@ -53,6 +52,12 @@ from .._proc.identity import CLK_TCK, ProcId, same_process
 from .._proc.scan import get_record, scan_processes, start_seconds
 from .limits import CHECK_EVERY, Limits, describe
 from .protocol import encode_event, read_config
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+else:  # the C module itself: ``signal`` wraps it in enums, and importing enum is 7 ms of a
+    import _signal as signal  # keeper's ~30 ms start (benchmarks/keeper_cost.py)
 
 __all__ = ("Keeper", "main")
 

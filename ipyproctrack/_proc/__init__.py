@@ -7,8 +7,6 @@ the teardown modules only when the kernel is gone.
 
 from __future__ import annotations
 
-import importlib
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .discovery import ProcessInfo, Target, discover, protected_pids, tree_of, trees_of
@@ -67,6 +65,8 @@ def __getattr__(name: str) -> object:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib  # here: it imports warnings, a cost on every keeper's start
+
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
