@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ipyproctrack._engine.state import ProcessState
-    from ipyproctrack._notebook.stats import TreeSampler
     from ipyproctrack._proc.teardown import CleanupReport, ProcessOutcome
 
 __all__ = ["ClusterCleanup", "ClusterTable", "EngineCleanup", "EngineRow", "cleanup", "table"]
@@ -43,7 +42,6 @@ DEFAULT_TIMEOUT = 30.0
 
 _COLUMNS = ("engine", "host", "name", "pid", "state", "procs", "CPU", "RSS", "ports")
 _STATE_COLUMN = _COLUMNS.index("state")
-_sampler: TreeSampler | None = None  # on an engine: kept between calls, so CPU% has a past
 
 
 # ----------------------------------------------------------------------------- engine side
@@ -64,9 +62,8 @@ def _whoami() -> tuple[int | None, str, int]:
 
 def _engine_rows(prime: float) -> tuple[tuple[int | None, str, int], list[EngineRow]]:
     """This engine's tracked processes with their trees' resource use, one scan per Tracker."""
-    global _sampler
     from ipyproctrack._engine.tracker import live_trackers
-    from ipyproctrack._notebook.stats import TreeSampler
+    from ipyproctrack._notebook.stats import sample_trees
     from ipyproctrack._notebook.views import format_bytes
 
     who = _whoami()
@@ -76,9 +73,7 @@ def _engine_rows(prime: float) -> tuple[tuple[int | None, str, int], list[Engine
         for proc in tracker.processes():
             procs.append(proc)
             members.append(scan.get(proc.name, []))
-    if _sampler is None:
-        _sampler = TreeSampler()
-    stats = _sampler.sample_many(members, prime=prime)
+    stats = sample_trees(procs, wait=prime)
     rows = []
     for proc, tree, st in zip(procs, members, stats, strict=True):
         rows.append(EngineRow(
@@ -228,7 +223,8 @@ def table(view: Any, *, prime: float = 0.1, timeout: float = DEFAULT_TIMEOUT) ->
     """Every engine's tracked processes in one table (``_repr_html_`` and a text form).
 
     ``view``: an ipyparallel ``DirectView`` (``rc[:]``) or ``Client``. ``prime``: seconds
-    each engine waits for a first CPU reading of processes it sees for the first time."""
+    each engine waits for the first metrics sample of a tree launched just before (its
+    CPU% reads "-" until the engine's sampler has measured it, about a second)."""
     result = ClusterTable()
     for engine, answer, error in _gather(view, _engine_rows, (prime,), timeout):
         if error is not None:

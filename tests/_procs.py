@@ -17,11 +17,13 @@ reports processes carrying this run's mark.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import psutil
 
@@ -244,3 +246,17 @@ def until(predicate: Callable[[], object], timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def wait_record(path: Path, want: str = "all gone", timeout: float = 8.0) -> str:
+    """The kernel-end record at ``path`` once it holds ``want``, or what it holds at the
+    deadline ("" when absent). Waiting for the file alone races with its writer: the
+    file exists (empty) before the teardown's report is in it."""
+    text = ""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError):
+            text = path.read_text()
+        if want in text or time.monotonic() >= deadline:
+            return text
+        time.sleep(0.05)

@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 import pytest
-from _procs import kill_by_identity, wait_dead
+from _procs import kill_by_identity, wait_dead, wait_record
 
 ipp = pytest.importorskip("ipyparallel")
 
@@ -228,14 +228,6 @@ def records(view: Any) -> dict[int, Path]:
     return dict(zip(result.engine_id, map(Path, paths), strict=True))
 
 
-def wait_record(path: Path, timeout: float = 5.0) -> str:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return path.read_text() if path.exists() else "(no record)"
-
 
 def _engine_pid(running: RunningCluster, engine: int) -> int:
     pid: int = running.rc[engine].apply_sync(os.getpid)
@@ -243,6 +235,7 @@ def _engine_pid(running: RunningCluster, engine: int) -> int:
     return pid
 
 
+@pytest.mark.slow
 def test_a_sigkilled_engine_and_a_shut_down_engine_leave_nothing(tmp_path: Path) -> None:
     running = RunningCluster(tmp_path / "profile")
     try:
@@ -257,7 +250,8 @@ def test_a_sigkilled_engine_and_a_shut_down_engine_leave_nothing(tmp_path: Path)
         os.kill(_engine_pid(running, 0), signal.SIGKILL)  # no Python of the engine runs
         assert wait_dead(first, 3.0) == [], "engine 0's trees outlived its SIGKILL by 3 s"
         # the keeper did it (and says so), not the engine
-        assert "kernel gone (" in wait_record(record[0]), wait_record(record[0])
+        text = wait_record(record[0])
+        assert "kernel gone (" in text, text
 
         running.rc.shutdown(targets=[1], block=True)  # the kernel's do_shutdown runs
         assert wait_dead(second, 3.0) == [], "engine 1's trees outlived its shutdown"
@@ -290,6 +284,7 @@ def test_stop_cluster_leaves_nothing(shared_cluster: RunningCluster) -> None:
         assert "already gone" not in text and "STILL ALIVE" not in text, text
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_the_cluster_load_notebook_runs_clean(tmp_path: Path) -> None:
     """notebooks/cluster_load.ipynb, through the demo runner (which fails on a cell error

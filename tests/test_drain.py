@@ -145,3 +145,15 @@ def test_trackers_leave_no_drain_thread_or_fd(tmp_path: Path) -> None:
         one(n)
     assert until(lambda: threading.active_count() <= threads)  # short-lived helpers end
     assert _open_fds() <= fds, os.listdir("/proc/self/fd")
+
+
+def test_released_output_keeps_the_log_and_no_tail(tracker: Tracker) -> None:
+    """release_output() drops the tail for good: what comes later goes to the log only,
+    and the tail holds (and counts) nothing."""
+    proc = tracker.start("echo before; sleep 2; echo after; exec sleep 1000", name="released")
+    assert until(lambda: "before" in proc.tail())
+    proc.release_output()
+    assert proc.tail() == ""
+    assert until(lambda: b"after" in proc.log_path.read_bytes())
+    assert proc.tail() == "" and proc._sink._tail_size == 0
+    assert proc.bytes_received == len(b"before\nafter\n")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from _kernels import FLOODER, Kernel, Result, free_port, http_status
-from _procs import is_alive, wait_dead
+from _procs import is_alive, wait_dead, wait_record
 from _trees import read_nasty_pids, start_nasty, wait_nasty_ready
 
 from ipyproctrack._notebook.views import STDERR_STYLE
@@ -43,14 +43,6 @@ pytestmark = [
 #: the keeper, which appends its own report
 TRIGGERS = {"shutdown": "do_shutdown", "restart": "do_shutdown", "sigterm": "keeper"}
 
-
-def _kernel_end_record(log_dir: Path, timeout: float = 8.0) -> str:
-    """What the kernel's own teardown, or the keeper, wrote."""
-    path = log_dir / "ipyproctrack-kernel-end.txt"
-    deadline = time.monotonic() + timeout
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return path.read_text() if path.exists() else ""
 
 
 @pytest.mark.parametrize("ending", ["cleanup", "shutdown", "restart", "sigterm"])
@@ -80,7 +72,7 @@ def test_nasty_tree_gone_after(ending: str, kernel: Kernel, tmp_path: Path) -> N
     if ending in TRIGGERS:
         # The kernel's own hook did it, in time; the keeper's watchdog would clean up too,
         # so "all gone" alone would not prove that the hook works.
-        record = _kernel_end_record(log_dir)
+        record = wait_record(log_dir / "ipyproctrack-kernel-end.txt")
         if TRIGGERS[ending] == "keeper":
             match = re.match(r"kernel gone \((?:lifeline|kernel)\): the keeper of nasty "
                              r"\(pid \d+\) tore its tree down in ([\d.]+) s", record)

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 from _kernels import Kernel
-from _procs import wait_dead
+from _procs import wait_dead, wait_record
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -78,11 +78,8 @@ def test_sigterm_during_a_c_call_kills_the_kernel_at_once(
     print(f"its tracked tree was gone {gone:.2f} s later")
     assert left == [], left
     # The keeper, not the kernel, tore it down, and its record says so.
-    path = log_dir / "ipyproctrack-kernel-end.txt"
-    deadline = time.monotonic() + 5
-    while "all gone" not in (record := path.read_text() if path.exists() else ""):
-        assert time.monotonic() < deadline, f"no keeper record: {record!r}"
-        time.sleep(0.05)
+    record = wait_record(log_dir / "ipyproctrack-kernel-end.txt")
+    assert "all gone" in record, f"no keeper record: {record!r}"
     assert re.match(r"kernel gone \((lifeline|kernel)\): the keeper of sleepers ", record), record
     assert "sleepers: 3 process(es), all gone" in record, record
 

@@ -269,6 +269,7 @@ def test_an_unsafe_base_is_not_used(tmp_path: Path) -> None:
 # --- scale ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_400_processes_under_a_soft_limit_of_1024(tmp_path: Path) -> None:
     import resource
 

@@ -33,6 +33,7 @@ BIG = (
 )
 
 
+@pytest.mark.slow
 def test_rerunning_a_cell_does_not_grow_the_kernel(shared: Kernel) -> None:
     """100 re-runs of a cell that prints 1 MB: each releases the widget before it (its
     comms closed, its process and tail dropped); the kernel's RSS stays flat."""

@@ -318,6 +318,12 @@ def test_config_magic_and_limits(ip: InteractiveShell) -> None:
         with pytest.raises(TraitError, match="grace must be a number of seconds from 0 to 600"):
             session.config.grace = bad
     assert session.config.grace == 1.25
+    for name, bad_value, least in (("tail_lines", 0, 1), ("log_max_bytes", -1, 0),
+                                   ("log_budget_bytes", -1, 0), ("log_backups", -2, -1)):
+        kept = getattr(session.config, name)
+        with pytest.raises(TraitError, match=f"'{name}' .* not be less than {least}"):
+            setattr(session.config, name, bad_value)
+        assert getattr(session.config, name) == kept
 
 
 def test_config_survives_reload_and_reads_shell_config(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from _procs import until
 
-from ipyproctrack import MetricsSample, Tracker
+from ipyproctrack import MetricsSample, PortReady, Tracker
 from ipyproctrack._engine.metrics import PANDAS_HINT
 
 MiB = 1 << 20
@@ -33,6 +33,7 @@ BUSY_THEN_BIG = textwrap.dedent(f"""\
 """)
 
 
+@pytest.mark.slow
 def test_busy_loop_then_80_mib_show_in_the_samples(tracker: Tracker) -> None:
     proc = tracker.start(BUSY_THEN_BIG, name="busy")
     assert proc.wait(60) == 0
@@ -142,3 +143,35 @@ def test_metrics_frame_without_pandas_names_the_extra(tmp_path: Path) -> None:
                          timeout=60, cwd=tmp_path, env=dict(os.environ))
     assert f"ImportError: {PANDAS_HINT}" in run.stdout, run.stderr
     assert "ipyproctrack[examples]" in PANDAS_HINT
+
+
+# --- the displays show the sampler's numbers (stats.py) -----------------------------------
+
+SERVE_AND_SPIN = (f"{sys.executable} -c 'import time\nwhile True: time.sleep(0.001)' & "
+                  f"exec {sys.executable} -m http.server --bind 127.0.0.1 $PORT")
+
+
+def test_displays_show_the_newest_sample_and_sample_nothing_themselves(
+        tracker: Tracker) -> None:
+    """The widgets' numbers are the engine's newest sample: same count, CPU% and RSS, and
+    the tree's listening port. Before the first sample the count and RSS come from a scan
+    and CPU% is unknown; once the tree is gone, nothing is shown."""
+    from ipyproctrack._notebook.stats import EMPTY_STATS, sample_trees
+
+    proc = tracker.start(SERVE_AND_SPIN, name="web", port="auto",
+                         ready=PortReady("{port}"), ready_timeout=20)
+    early = proc.metrics_series.latest()
+    if early is None:  # the sampler has not measured the tree yet: a scan fills in
+        first = sample_trees([proc])[0]
+        assert first.cpu_percent is None and first.rss is not None and first.count >= 1
+    assert until(lambda: (s := proc.metrics_series.latest()) is not None
+                 and s[0].processes == 2)
+    shown = sample_trees([proc])[0]
+    newest = proc.metrics_series.latest()
+    assert newest is not None
+    assert (shown.count, shown.cpu_percent, shown.rss) == (
+        newest[0].processes, newest[0].cpu_percent, newest[0].rss)
+    assert shown.ports == (proc.port,)
+    proc.stop(grace=1.0)
+    # the exit predates every sample still in the ring: they are not trusted any more
+    assert until(lambda: sample_trees([proc])[0] == EMPTY_STATS)

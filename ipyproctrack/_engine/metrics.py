@@ -73,15 +73,18 @@ def _psutil_usage(pid: int) -> tuple[float, int, float] | None:
         return None
 
 
-_usage: _Usage = procfs.read_usage if plat.HAS_PROCFS else _psutil_usage
+#: (CPU seconds, RSS bytes, create time) of one pid, or None when it is gone.
+usage: _Usage = procfs.read_usage if plat.HAS_PROCFS else _psutil_usage
 
 
 class MetricsSeries:
     """The samples of one launch, oldest first, in a ring of ``capacity``."""
 
-    def __init__(self, capacity: int, *, create_time: float, csv_path: Path | None) -> None:
+    def __init__(self, capacity: int, *, create_time: float, csv_path: Path | None,
+                 interval: float = 0.0) -> None:
         self.started = time.monotonic()
         self.csv_path = csv_path
+        self.interval = interval  # 0: this launch is not sampled
         self.finished = threading.Event()  # the tree is gone; the CSV is written
         self._ring: deque[MetricsSample] = deque(maxlen=max(1, capacity))
         self._lock = threading.Lock()
@@ -100,6 +103,14 @@ class MetricsSeries:
     def append(self, sample: MetricsSample) -> None:
         with self._lock:
             self._ring.append(sample)
+
+    def latest(self) -> tuple[MetricsSample, float] | None:
+        """The newest sample and its age in seconds, or None before the first one."""
+        with self._lock:
+            if not self._ring:
+                return None
+            sample = self._ring[-1]
+        return sample, time.monotonic() - self.started - sample.t
 
     def finish(self) -> None:
         """Write the CSV (once); the series keeps its samples."""
@@ -171,7 +182,8 @@ class MetricsSampler:
 
     def series_for(self, create_time: float, log_path: Path) -> MetricsSeries:
         csv_path = log_path.with_suffix(".metrics.csv") if self.interval else None
-        return MetricsSeries(self.capacity, create_time=create_time, csv_path=csv_path)
+        return MetricsSeries(self.capacity, create_time=create_time, csv_path=csv_path,
+                             interval=self.interval)
 
     def track(self, proc: Sampled) -> None:
         """Sample ``proc``'s tree from now on, until it is gone (starts the thread)."""
@@ -274,17 +286,17 @@ class MetricsSampler:
         used, rss = 0.0, 0
         alive: list[tuple[int, float]] = []
         for pid, ctime in series.members:
-            usage = _usage(pid)
-            if usage is None or not same_process(usage[2], ctime):
+            found = usage(pid)
+            if found is None or not same_process(found[2], ctime):
                 continue  # gone since the scan
             key = (pid, round(ctime, 2))
             before = self._cpu.get(key)
             if before is not None:
-                used += max(0.0, usage[0] - before)
+                used += max(0.0, found[0] - before)
             elif ctime >= series.scanned:  # born since the scan before: its share
-                used += usage[0] * min(1.0, elapsed / max(wall - ctime, elapsed))
-            cpu[key] = usage[0]
-            rss += usage[1]
+                used += found[0] * min(1.0, elapsed / max(wall - ctime, elapsed))
+            cpu[key] = found[0]
+            rss += found[1]
             alive.append((pid, ctime))
         series.members = alive
         if not alive:

@@ -113,6 +113,7 @@ class OutputSink:
         self._lock = threading.Lock()
         self._tail: deque[tuple[str, bytes]] = deque()
         self._tail_size = 0
+        self._keep_tail = True  # False once release_tail() ran: the log alone gets output
         self._subscribers: list[_Subscriber] = []
         self._closed = False
 
@@ -124,10 +125,11 @@ class OutputSink:
         self.log.write(data)
         size = len(data)
         with self._lock:
-            self._tail.append((stream, data))
-            self._tail_size += size
-            if self._tail_size >= self.tail_bytes:
-                self._trim_bytes()
+            if self._keep_tail:
+                self._tail.append((stream, data))
+                self._tail_size += size
+                if self._tail_size >= self.tail_bytes:
+                    self._trim_bytes()
             self.bytes_received += size
             self.version += 1
             subs = list(self._subscribers) if self._subscribers else None
@@ -228,8 +230,8 @@ class OutputSink:
         process that was replaced, which nobody shows any more. Later output goes to the
         log only."""
         with self._lock:
-            # a zero-length deque: feed()'s append keeps nothing, and no line is counted
-            self._tail = deque(maxlen=0)
+            self._keep_tail = False
+            self._tail.clear()
             self._tail_size = 0
 
     def tail_chunks(

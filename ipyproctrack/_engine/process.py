@@ -68,6 +68,9 @@ class TrackedProcess:
         # reports the exit while callers wait, stop and read the state.
         self._lock = threading.Lock()
         self._phase = Phase.STARTING if checks else Phase.RUNNING
+        # when the phase or the return code last changed (monotonic): a metrics sample
+        # older than this predates the change (say, the root's exit): displays distrust it
+        self.changed_at = time.monotonic()
         self._exited_alone = False  # the root exited before any teardown of ours
         self._root = root
         self._helpers = root.helpers  # our keeper: never signalled or reported
@@ -101,6 +104,7 @@ class TrackedProcess:
             allowed = new in TRANSITIONS[old]
             if allowed:
                 self._phase = new
+                self.changed_at = time.monotonic()
         if not allowed:
             log.debug("%s: %s -> %s ignored", self.name, old.value, new.value)
             return False
@@ -333,6 +337,7 @@ class TrackedProcess:
         """The loop's report that the root exited (on the loop thread: must not block)."""
         with self._lock:
             self.returncode = returncode
+            self.changed_at = time.monotonic()  # also in a final phase (STOPPED) that stays
             self._exited_alone = self._phase not in (Phase.STOPPED, Phase.FAILED)
             self._exited.set()
             callbacks, self._exit_callbacks = self._exit_callbacks, []

@@ -39,7 +39,10 @@ class ProcTrackConfig(Configurable):
         "at most 1 s.",
     ).tag(config=True)
 
-    tail_lines = Int(40, help="Lines of output shown in each process widget.").tag(config=True)
+    # Int bounds: traitlets itself refuses a value below min, naming the trait
+    tail_lines = Int(40, min=1, help="Lines of output shown in each process widget.").tag(
+        config=True
+    )
 
     refresh_hz = Float(
         4.0, help=f"How often the widgets refresh, per second (at most {MAX_REFRESH_HZ:g})."
@@ -54,15 +57,16 @@ class ProcTrackConfig(Configurable):
     ).tag(config=True)
 
     log_max_bytes = Int(
-        20 * 2**20, help="Rotate a log file at this size; 0 means never rotate."
+        20 * 2**20, min=0, help="Rotate a log file at this size; 0 means never rotate."
     ).tag(config=True)
 
-    log_backups = Int(5, help="Rotated log files kept per process; -1 keeps them all.").tag(
-        config=True
-    )
+    log_backups = Int(
+        5, min=-1, help="Rotated log files kept per process; -1 keeps them all."
+    ).tag(config=True)
 
     log_budget_bytes = Int(
         512 * 2**20,
+        min=0,
         help="Disk all the session's logs may use together; past it the oldest rotated "
         "files are deleted first. 0 means unlimited.",
     ).tag(config=True)
@@ -92,37 +96,9 @@ class ProcTrackConfig(Configurable):
             raise TraitError(f"grace {problem}")
         return value
 
-    @validate("tail_lines")
-    def _check_tail_lines(self, proposal: Any) -> int:
-        value = int(proposal["value"])
-        if value < 1:
-            raise TraitError(f"tail_lines must be >= 1, not {value}")
-        return value
-
     @validate("refresh_hz")
     def _check_refresh_hz(self, proposal: Any) -> float:
         value = float(proposal["value"])
         if not value > 0:  # NaN too
             raise TraitError(f"refresh_hz must be > 0, not {value}")
         return min(value, MAX_REFRESH_HZ)
-
-    @validate("log_max_bytes")
-    def _check_log_max_bytes(self, proposal: Any) -> int:
-        value = int(proposal["value"])
-        if value < 0:
-            raise TraitError(f"log_max_bytes must be >= 0, not {value}")
-        return value
-
-    @validate("log_budget_bytes")
-    def _check_log_budget_bytes(self, proposal: Any) -> int:
-        value = int(proposal["value"])
-        if value < 0:
-            raise TraitError(f"log_budget_bytes must be >= 0 (0: unlimited), not {value}")
-        return value
-
-    @validate("log_backups")
-    def _check_log_backups(self, proposal: Any) -> int:
-        value = int(proposal["value"])
-        if value < -1:
-            raise TraitError(f"log_backups must be >= -1, not {value}")
-        return value

@@ -426,7 +426,7 @@ class ProcTrackMagics(Magics):
         if not session.has_tracker:
             return on_engine(ProcessTable([], [], now=0.0), self.shell)
         procs = session.tracker.processes()
-        stats = session.sample_trees(procs, prime=0.1)
+        stats = session.sample_trees(procs, wait=0.1)
         link = functools.partial(port_url, proxy_url=session.config.proxy_url)
         return on_engine(ProcessTable(procs, stats, now=time.time(), link=link), self.shell)
 

@@ -4,8 +4,8 @@ Rules from design.md fact 8:
 - the thread wakes at ``refresh_hz`` (at most 5 Hz) while output flows, updates only what
   changed, and a sliding one-second budget keeps the whole session under
   :data:`MESSAGE_BUDGET` widget messages per second, whatever the processes write;
-- the resources of every shown tree come from ONE process scan per
-  :data:`STATS_INTERVAL` (``Tracker.trees()``), however many widgets there are;
+- the resources of every shown tree are read at most once per :data:`STATS_INTERVAL`,
+  for all widgets at once: the engine's newest metrics samples (``stats.py``);
 - one broken widget never freezes the others: its failure is logged once, with its
   traceback, and the thread goes on.
 """
@@ -35,13 +35,12 @@ log = logging.getLogger(__name__)
 #: second with a budget of 40, 12 widgets and 36 MB of output drained on 2 cores; and 49
 #: with a budget of 35 and 16 flooders), hence 30.
 MESSAGE_BUDGET = 30
-#: Seconds between two resource samples (one process scan, psutil, ports) of the trees.
+#: Seconds between two reads of the trees' resources (the engine's samples, ports).
 STATS_INTERVAL = 2.0
 #: With nothing new to show, the refresher ticks this often, for the stats...
 IDLE_TICK = 5.0
 #: ... and, while its ticks keep finding nothing to send, ever less often, up to this:
-#: every tick samples every tree (about 0.3 ms per tree), which would cost an idle
-#: notebook with 100 servers 0.6 % of a core at a 5 s pace (measured).
+#: every wake-up costs the kernel CPU, however little it finds to do.
 MAX_IDLE_TICK = 20.0
 
 #: Samples the trees of several processes at once: one stats entry per process.
@@ -67,7 +66,7 @@ class _ReportOnce:
 class Refresher:
     """The single refresher thread of a session.
 
-    ``sample`` measures several trees at once (one process scan for all of them); it is
+    ``sample`` gives the stats of several trees at once (``stats.sample_trees``); it is
     called at most once per :data:`STATS_INTERVAL`, for every widget that shows a tree.
     """
 
@@ -157,8 +156,8 @@ class Refresher:
                 idle_tick = IDLE_TICK
 
     def _sample_due(self, widgets: Sequence[ProcessWidget], now: float, force: bool) -> None:
-        """One scan for every shown tree, once any widget's sample is STATS_INTERVAL old:
-        so all widgets' samples stay in step and N widgets cost one scan, not N."""
+        """Stats for every shown tree at once, when any widget's are STATS_INTERVAL old:
+        so all widgets stay in step and N widgets cost one call, not N."""
         targets = [(w, p) for w in widgets if (p := w.stats_target()) is not None]
         if not targets:
             return

@@ -23,7 +23,7 @@ from .config import ProcTrackConfig
 from .hooks import KERNEL_END_BUDGET, KernelEndHooks
 from .refresher import Refresher
 from .spec import LaunchSpec
-from .stats import TreeSampler, TreeStats, sample_trees
+from .stats import TreeStats, sample_trees
 from .views import failure_text
 from .widget import ProcessWidget, has_widget_frontend
 from .worker import ClickWorker
@@ -54,7 +54,6 @@ class NotebookSession:
         self._config = config
         self._lock = threading.RLock()
         self._tracker: Tracker | None = None
-        self._sampler = TreeSampler()
         self.widgets_enabled = has_widget_frontend(shell)  # decided once, here
         self.refresher = Refresher(lambda: float(self._config.refresh_hz), self.sample_trees)
         #: the launch of each name, for the Restart button and the grace of a replace
@@ -99,10 +98,10 @@ class NotebookSession:
     def grace(self, override: float | None = None) -> float:
         return float(self._config.grace if override is None else override)
 
-    def sample_trees(self, procs: Sequence[TrackedProcess], prime: float = 0.0
+    def sample_trees(self, procs: Sequence[TrackedProcess], *, wait: float = 0.0
                      ) -> list[TreeStats]:
-        """Count, CPU%, RSS and ports of several trees, from one process scan."""
-        return sample_trees(self._sampler, procs, prime=prime)
+        """Count, CPU%, RSS and ports of several trees (``stats.sample_trees``)."""
+        return sample_trees(procs, wait=wait)
 
     # ------------------------------------------------------------------ launching
 
