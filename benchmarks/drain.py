@@ -262,6 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, ratio, goal, ok in ratios:
         print(f"ratio tracker/plain {name:10}: {ratio:.2f}  (goal {goal}: "
               f"{'met' if ok else 'MISSED'})")
+    # How much to trust the medians: on a VM the plain loop's speed swings by 2x from run
+    # to run (its system time per GiB with it), the tracker's much less.
+    rounds = [mb / t.seconds / (mb / p.seconds)
+              for p, t in zip(results["plain"], results["tracker"], strict=True)]
+    best = max(mb / r.seconds for r in results["tracker"]) / max(
+        mb / r.seconds for r in results["plain"])
+    print("per-round throughput ratios: " + " ".join(f"{r:.2f}" for r in rounds)
+          + f"; best tracker run / best plain run: {best:.2f}")
     return 0
 
 
