@@ -309,7 +309,10 @@ def test_jupyter_server_death(doomed: Doomed, tmp_path: Path) -> None:
     info_path = tmp_path / "server.json"
     log = tmp_path / "server.log"
     env = dict(os.environ)
-    env["JUPYTER_RUNTIME_DIR"] = str(tmp_path / "runtime")  # its connection file dies here
+    env["JUPYTER_RUNTIME_DIR"] = str(tmp_path / "runtime")
+    # A plain KernelManager writes its connection file with mkstemp: into TMPDIR. The
+    # server is SIGKILLed and never removes it, so TMPDIR is the test's own directory.
+    env["TMPDIR"] = str(tmp_path)
     with log.open("wb") as log_file:
         server = subprocess.Popen(
             [sys.executable, "-c", SERVER, str(info_path), str(REPO), command, str(GRACE)],
