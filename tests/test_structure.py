@@ -9,6 +9,7 @@ a package counts as an edge to its ``__init__``.
 from __future__ import annotations
 
 import ast
+import functools
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,10 +73,15 @@ def _resolve(current: str, level: int, module: str | None) -> str:
     return ".".join(base + ([module] if module else []))
 
 
+@functools.cache
+def _tree(name: str) -> ast.Module:
+    """Each module is parsed once for the whole file's tests."""
+    return ast.parse(MODULES[name].read_text(), str(MODULES[name]))
+
+
 def _imports(name: str) -> Iterator[tuple[str, int]]:
     """(imported module, line) for every import statement anywhere in the module."""
-    tree = ast.parse(MODULES[name].read_text(), str(MODULES[name]))
-    for node in ast.walk(tree):
+    for node in ast.walk(_tree(name)):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield alias.name, node.lineno
@@ -89,23 +95,24 @@ def _imports(name: str) -> Iterator[tuple[str, int]]:
             yield target, node.lineno
 
 
+@functools.cache
+def _type_checking_lines(name: str) -> frozenset[int]:
+    """Lines of the imports under ``if TYPE_CHECKING:``, which never run."""
+    return frozenset(
+        inner.lineno
+        for node in ast.walk(_tree(name))
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+        and node.test.id == "TYPE_CHECKING"
+        for inner in ast.walk(node)
+        if isinstance(inner, ast.Import | ast.ImportFrom)
+    )
+
+
 def _is_type_checking_only(name: str, line: int) -> bool:
-    """Imports under ``if TYPE_CHECKING:`` never run."""
-    tree = ast.parse(MODULES[name].read_text())
-    for node in ast.walk(tree):
-        if (
-            isinstance(node, ast.If)
-            and isinstance(node.test, ast.Name)
-            and node.test.id == "TYPE_CHECKING"
-        ):
-            for inner in ast.walk(node):
-                if getattr(inner, "lineno", None) == line and isinstance(
-                    inner, ast.Import | ast.ImportFrom
-                ):
-                    return True
-    return False
+    return line in _type_checking_lines(name)
 
 
+@functools.cache
 def _graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {name: set() for name in MODULES}
     for name in MODULES:
