@@ -704,7 +704,10 @@ def test_unload_shows_the_final_state_after_the_refresher_stopped(
     thread = session.refresher._thread
     assert thread is not None and not thread.is_alive()
     assert "stopped" in widget.header.value and "bye-bye" in widget.tail.value
-    assert widget.stop_button.disabled
+    assert widget.stop_button.disabled and widget.restart_button.disabled
+    # the widget stays on the page but lets go of the session, which holds the shell
+    assert widget.host is not session and getattr(widget.host.config, "parent", None) is None
+    assert not widget.restart_button._click_handlers.callbacks
     ip.run_line_magic("load_ext", "ipyproctrack")  # for the fixture's unload
 
 

@@ -214,6 +214,11 @@ class NotebookSession:
                 self.refresher.tick(force_stats=True)  # "stopped" and the last lines
             except Exception:  # the teardown is done; a stale widget must not undo that
                 log.exception("the final widget refresh failed")
+            for widget in self.refresher.widgets:  # shown on, holding no shell
+                try:
+                    widget.detach()
+                except Exception:  # the frontend may be gone; the unload goes on
+                    log.exception("detaching the widget of %r failed", widget.spec.name)
         return None if was_closed else report
 
     def show_kernel_end(self, reason: str = "kernel shut down", *, timeout: float = 0.5) -> bool:

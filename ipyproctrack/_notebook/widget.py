@@ -95,6 +95,32 @@ class WidgetHost(Protocol):
         """Run a click's ``job`` on the session's one button worker."""
 
 
+class _DetachedHost:
+    """The host of a widget whose session closed (``%unload_ext``): the widget keeps its
+    final state on the page, but no longer holds the session and, through it, the shell.
+    Its clicks are gone; a copy of the settings (without the shell as parent) remains."""
+
+    def __init__(self, config: ProcTrackConfig) -> None:
+        from .config import ProcTrackConfig
+
+        self.config = ProcTrackConfig(
+            **{name: getattr(config, name) for name in config.trait_names(config=True)})
+
+    def relaunch(
+        self, spec: LaunchSpec, *, on_launched: Callable[[TrackedProcess], None] | None = None
+    ) -> TrackedProcess:
+        raise ProcTrackError("ipyproctrack was unloaded")
+
+    def stop_process(self, proc: TrackedProcess, grace: float | None) -> None:
+        return None
+
+    def wake(self) -> None:
+        return None
+
+    def submit(self, job: Callable[[], object], what: str) -> bool:
+        return False
+
+
 class MessageBudget:
     """A sliding one-second window of sent widget messages."""
 
@@ -233,6 +259,14 @@ class ProcessWidget:
             self.settled = False
             self._stats = EMPTY_STATS
             self._tree_gone = True
+
+    def detach(self) -> None:
+        """The session closed (``%unload_ext``), after the widget's final refresh: keep
+        what it shows, with both buttons disabled, and let go of the session."""
+        self.stop_button.on_click(self._on_stop, remove=True)
+        self.restart_button.on_click(self._on_restart, remove=True)
+        self.stop_button.disabled = self.restart_button.disabled = True
+        self.host = _DetachedHost(self.host.config)
 
     def release(self, text: str) -> None:
         """A newer launch of this name took over: leave ``text`` where the widget was
