@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 import urllib.request
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _procs import free_port as free_port  # re-exported: the kernel tests import it here
 from jupyter_client.manager import KernelManager
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,11 +147,6 @@ def remove_tree(path: str, timeout: float = 10.0) -> None:
             return
         time.sleep(0.1)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_status(port: int) -> int:

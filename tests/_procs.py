@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import psutil
@@ -260,3 +261,20 @@ def wait_record(path: Path, want: str = "all gone", timeout: float = 8.0) -> str
         if want in text or time.monotonic() >= deadline:
             return text
         time.sleep(0.05)
+
+
+def free_port() -> int:
+    """A 127.0.0.1 port that was free a moment ago (for a server the test starts at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def closed_port() -> Iterator[int]:
+    """A 127.0.0.1 port on which nothing listens while the block runs: bound by this
+    process and never listening, so a connection is refused, and no other test (another
+    xdist worker's server, say) can take it meanwhile, as it could a port merely found free."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])

@@ -11,7 +11,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from _procs import is_alive, wait_dead
+from _procs import closed_port, is_alive, wait_dead
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets import TraitError
@@ -672,17 +671,17 @@ def test_widget_never_stays_starting_after_an_unexpected_error(ip: InteractiveSh
     assert repr(widget.view).startswith("bad: failed: TypeError")
     # 2. an exception during the readiness wait (a timer in user code, say): the process
     # runs on, and the widget shows it
-    spec = LaunchSpec(command="exec sleep 100", name="alarmed",
-                      ready=[PortReady(_free_port())], ready_timeout=20)
-
     def alarm(signum: int, frame: Any) -> None:
         raise RuntimeError("alarm went off")
 
     previous = signal.signal(signal.SIGALRM, alarm)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.5)
-        with pytest.raises(RuntimeError, match="alarm went off"):
-            session.launch_in_widget(spec)
+        with closed_port() as port:
+            spec = LaunchSpec(command="exec sleep 100", name="alarmed",
+                              ready=[PortReady(port)], ready_timeout=20)
+            signal.setitimer(signal.ITIMER_REAL, 0.5)
+            with pytest.raises(RuntimeError, match="alarm went off"):
+                session.launch_in_widget(spec)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -736,8 +735,3 @@ def test_kernel_end_teardown_is_bounded_without_threads(
     assert record.startswith("kernel end by atexit (inline): teardown took"), record
     assert "stubborn: 1 process(es), all gone" in record, record
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

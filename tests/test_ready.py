@@ -19,7 +19,7 @@ from pathlib import Path
 
 import anyio
 import pytest
-from _procs import tagged_processes, wait_dead
+from _procs import closed_port, free_port, tagged_processes, wait_dead
 
 from ipyproctrack import Phase, ProcessState, Tracker
 from ipyproctrack._engine.ports import check_port_free, listening_ports, port_holder
@@ -76,12 +76,6 @@ PORT_HOLDER = textwrap.dedent(
     """
 )
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait(proc: ProcessLike, checks: Sequence[ReadinessCheck], timeout: float) -> float:
@@ -195,8 +189,7 @@ def test_as_checks() -> None:
 def test_timeout_gives_the_last_output_lines(tracker: Tracker) -> None:
     proc = tracker.start(["bash", "-c", "echo first line; echo second line; sleep 600"],
                          name="stuck")
-    port = free_port()
-    with pytest.raises(ReadyTimeout) as info:
+    with closed_port() as port, pytest.raises(ReadyTimeout) as info:
         wait(proc, [PortReady(port)], timeout=1.5)
     message = str(info.value)
     assert message.startswith(f"stuck was not ready after 1.5 s (port 127.0.0.1:{port}).")
@@ -219,8 +212,8 @@ def test_callable_errors_are_chained_to_the_timeout(tracker: Tracker) -> None:
 def test_early_exit_gives_the_return_code(tracker: Tracker) -> None:
     proc = tracker.start(["bash", "-c", "echo starting; echo 'bad config' >&2; exit 7"],
                          name="crashy")
-    with pytest.raises(ExitedBeforeReady) as info:
-        wait(proc, [PortReady(free_port())], timeout=20)
+    with closed_port() as port, pytest.raises(ExitedBeforeReady) as info:
+        wait(proc, [PortReady(port)], timeout=20)
     message = str(info.value)
     assert re.match(r"crashy exited with code 7 before it was ready \(port 127\.0\.0\.1:\d+\)\.",
                     message)

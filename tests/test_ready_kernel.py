@@ -18,7 +18,7 @@ from typing import Any
 import psutil
 import pytest
 from _kernels import Kernel, Result, free_port
-from _procs import create_time, tagged_processes
+from _procs import closed_port, create_time, tagged_processes
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -204,7 +204,11 @@ def test_widget_is_live_during_the_wait(shared: Kernel) -> None:
 
 
 def test_timeout_tears_the_tree_down_with_the_last_lines(shared: Kernel) -> None:
-    port = free_port()
+    with closed_port() as port:
+        _timeout_tears_down(shared, port)
+
+
+def _timeout_tears_down(shared: Kernel, port: int) -> None:
     before = _tagged_now()
     cell = textwrap.dedent(
         f"""\
@@ -239,7 +243,11 @@ def test_timeout_tears_the_tree_down_with_the_last_lines(shared: Kernel) -> None
 
 
 def test_early_exit_names_the_return_code_and_output(shared: Kernel) -> None:
-    port = free_port()
+    with closed_port() as port:
+        _early_exit(shared, port)
+
+
+def _early_exit(shared: Kernel, port: int) -> None:
     before = _tagged_now()
     cell = f"%%tracked early --wait-port {port} --timeout 20\necho boom\nexit 3\n"
     started = time.monotonic()
