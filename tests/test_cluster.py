@@ -18,6 +18,7 @@ from typing import Any
 import psutil
 import pytest
 from _procs import kill_by_identity, wait_dead, wait_record
+from traitlets.config import Config
 
 ipp = pytest.importorskip("ipyparallel")
 
@@ -38,10 +39,16 @@ class RunningCluster:
 
     def __init__(self, profile_dir: Path, n: int = 2) -> None:
         profile_dir.mkdir(parents=True, exist_ok=True)
+        # The engines' temporary files (our default log directories among them) go to the
+        # test's own directory, not to /tmp.
+        tmp = profile_dir / "tmp"
+        tmp.mkdir(exist_ok=True)
+        config = Config()
+        config.BaseLauncher.environment = {"TMPDIR": str(tmp)}
         before = _descendants()
         self.cluster: Any = ipp.Cluster(
             n=n, controller_ip="127.0.0.1", profile_dir=str(profile_dir),
-            log_level=logging.WARNING, engine_timeout=START_TIMEOUT,
+            log_level=logging.WARNING, engine_timeout=START_TIMEOUT, config=config,
         )
         self.stopped = False
         try:
@@ -298,7 +305,8 @@ def test_the_cluster_load_notebook_runs_clean(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, str(repo / "scripts" / "run_demo.py"), "--notebook",
          str(repo / "notebooks" / "cluster_load.ipynb"), "--output", str(output)],
-        capture_output=True, text=True, timeout=170, cwd=tmp_path, env=dict(os.environ),
+        capture_output=True, text=True, timeout=170, cwd=tmp_path,
+        env=dict(os.environ, TMPDIR=str(tmp_path)),
     )
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
     out = run.stdout

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from _kernels import Kernel
+from _kernels import Kernel, remove_tree
 from _procs import wait_dead, wait_record
 
 pytestmark = pytest.mark.timeout(120)
@@ -118,6 +118,7 @@ def test_shutting_down_a_busy_kernel_takes_no_longer_with_the_extension() -> Non
             k.kc.stop_channels()
             if k.km.has_kernel:
                 k.km.shutdown_kernel(now=True)
+            remove_tree(k.tmpdir)
     print("shutdown_kernel() of a busy kernel: " +
           ", ".join(f"{k} {v:.2f} s" for k, v in timings.items()))
     assert timings["extension"] <= timings["bare"] + 0.5, timings
