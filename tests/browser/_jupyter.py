@@ -162,6 +162,7 @@ def running_server(frontend: Frontend, tmp: Path, *, dark: bool = False) -> Iter
         JUPYTER_RUNTIME_DIR=str(home / "runtime"),
         IPYTHONDIR=str(home / "ipython"),
         JUPYTER_PLATFORM_DIRS="0",
+        TMPDIR=str(tmp),  # the kernels' temporary files and our default logs stay in tmp
     )
     env.pop("JUPYTERLAB_SETTINGS_DIR", None)
     env.pop("JUPYTERLAB_WORKSPACES_DIR", None)
