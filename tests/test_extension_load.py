@@ -33,6 +33,7 @@ def shell() -> Iterator[InteractiveShell]:
     ip.reset(new_session=False)  # type: ignore[no-untyped-call]
     gc.collect()
     nb._saved_settings.pop(ip, None)
+    ip.config.pop("ProcTrackConfig", None)  # what %config in earlier tests left
     yield ip
     if "ipyproctrack" in ip.extension_manager.loaded:  # type: ignore[union-attr]
         ip.run_line_magic("unload_ext", "ipyproctrack")

@@ -48,15 +48,19 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def ip() -> Iterator[InteractiveShell]:
+def ip(tmp_path: Path) -> Iterator[InteractiveShell]:
     shell = InteractiveShell.instance()
     nb._saved_settings.pop(shell, None)  # a fresh ProcTrackConfig for every test
     shell.run_line_magic("load_ext", "ipyproctrack")
     shell.run_line_magic("config", "ProcTrackConfig.grace = 0.5")
+    # the logs go to the test's directory, not to the per-user base under /tmp
+    shell.run_line_magic("config", f"ProcTrackConfig.log_dir = {str(tmp_path / 'logs')!r}")
     try:
         yield shell
     finally:
         shell.run_line_magic("unload_ext", "ipyproctrack")
+        # %config writes into the shell's own config too: leave none to later tests
+        shell.config.pop("ProcTrackConfig", None)
 
 
 def call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -343,10 +347,12 @@ def test_config_survives_reload_and_reads_shell_config(tmp_path: Path) -> None:
 
 
 def test_unload_tears_down_and_removes_the_magics(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], tmp_path: Path,
 ) -> None:
     shell = InteractiveShell.instance()
+    nb._saved_settings.pop(shell, None)
     shell.run_line_magic("load_ext", "ipyproctrack")
+    shell.run_line_magic("config", f"ProcTrackConfig.log_dir = {str(tmp_path / 'logs')!r}")
     shell.run_line_magic("tracked", "-n bye sleep 100")
     proc = nb.get_process("bye")
     ident = (proc.pid, proc.create_time)
@@ -357,6 +363,7 @@ def test_unload_tears_down_and_removes_the_magics(
     assert call(shell.find_cell_magic, "tracked") is None
     with pytest.raises(RuntimeError, match="not loaded"):
         nb.current_tracker()
+    shell.config.pop("ProcTrackConfig", None)  # leave no %config to later tests
 
 
 def test_terminal_ipython_with_config_file(tmp_path: Path) -> None:
@@ -381,7 +388,8 @@ def test_terminal_ipython_with_config_file(tmp_path: Path) -> None:
     out = subprocess.run(
         [str(ipython), f"--profile-dir={profile}", "--no-banner", "--colors=nocolor",
          "--HistoryManager.enabled=False", "-c", code],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "TERM": "dumb"},
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "TERM": "dumb", "TMPDIR": str(tmp_path)},  # its default logs
     )
     assert out.returncode == 0, out.stderr
     # the status line comes right after the launch; a quick echo may be done by then
