@@ -49,6 +49,13 @@ def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 Owner = tuple[subprocess.Popen[str], str, int, int]  # (child, session tag, server pid, port)
 
 
+@pytest.fixture(autouse=True)
+def _own_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The owners' sessions, and the CLI that looks for them, use the per-user base under
+    TMPDIR: this test's directory, so the test leaves none in /tmp."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+
+
 @pytest.fixture
 def owner() -> Iterator[Owner]:
     port = free_port()
