@@ -47,17 +47,12 @@ import sys
 import time
 
 from .. import _platform as plat
+from .._platform._csignal import signal
 from .._proc import procfs
 from .._proc.identity import CLK_TCK, ProcId, same_process
 from .._proc.scan import get_record, scan_processes, start_seconds
 from .limits import CHECK_EVERY, Limits, describe
 from .protocol import encode_event, read_config
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    import signal
-else:  # the C module itself: ``signal`` wraps it in enums, and importing enum is 7 ms of a
-    import _signal as signal  # keeper's ~30 ms start (benchmarks/keeper_cost.py)
 
 __all__ = ("Keeper", "main")
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 
+from ._csignal import signal
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import signal
     from typing import Any
 
     from . import PsTable, SendResult, Signal
-else:  # the C module itself: ``signal`` wraps it in enums, and importing enum is 7 ms of a
-    import _signal as signal  # keeper's ~30 ms start (benchmarks/keeper_cost.py)
 
 _TAG_PREFIX = "IPYPROCTRACK_"
 _SESSION_KEY = "IPYPROCTRACK_SESSION="

@@ -9,16 +9,13 @@ from __future__ import annotations
 import os
 
 from .. import _platform as plat
+from .._platform._csignal import signal
 from .scan import get_record
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import signal
-
     from .._platform import SendResult, Signal
     from .identity import ProcId, ProcRecord
-else:  # the C module itself: ``signal`` wraps it in enums, and importing enum is 7 ms of a
-    import _signal as signal  # keeper's ~30 ms start (benchmarks/keeper_cost.py)
 
 _HAS_PIDFD = hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal")
 
