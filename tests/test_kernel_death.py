@@ -60,9 +60,12 @@ def test_sigterm_during_a_c_call_kills_the_kernel_at_once(
 ) -> None:
     kernel.ok("%%tracked sleepers --no-widget\nsleep 1000 & sleep 1000 & exec sleep 1000\n")
     log_dir = Path(kernel.value("str(__import__('ipyproctrack').notebook_tracker().log_dir)"))
-    tree = kernel.value(
-        "[(p.pid, p.create_time) for p in __import__('ipyproctrack').tracked('sleepers').tree()]"
-    )
+    # the launch returns once sleep is exec'd; the two background sleeps may come later
+    members = ("[(p.pid, p.create_time) for p in "
+               "__import__('ipyproctrack').tracked('sleepers').tree()]")
+    deadline = time.monotonic() + 10
+    while len(tree := kernel.value(members)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert len(tree) == 3, tree
     _start_busy(kernel)
     os.kill(kernel.pid, signal.SIGTERM)
