@@ -192,7 +192,9 @@ def test_the_table_lists_both_engines_and_cleanup_ends_them_all(running: Running
 
 
 def test_cleanup_keeps_the_escalations(running: RunningCluster) -> None:
-    running.view.execute("%%tracked stubborn\ntrap '' TERM\nsleep 300 & wait", block=True)
+    # --wait-output: the SIGTERM must find the trap set (a bash still starting dies of it)
+    running.view.execute("%%tracked stubborn --wait-output up --timeout 30\n"
+                         "trap '' TERM\nsleep 300 & echo up; wait", block=True)
     report = cluster.cleanup(running.view, "stubborn", grace=0.3)
     assert report.ok, repr(report)
     for engine in running.rc.ids:
