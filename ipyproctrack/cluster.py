@@ -67,20 +67,22 @@ def _engine_rows(prime: float) -> tuple[tuple[int | None, str, int], list[Engine
     from ipyproctrack._notebook.views import format_bytes
 
     who = _whoami()
-    procs, members = [], []
-    for tracker in live_trackers():
-        scan = tracker.trees()
-        for proc in tracker.processes():
-            procs.append(proc)
-            members.append(scan.get(proc.name, []))
+    trackers = live_trackers()
+    procs = [proc for tracker in trackers for proc in tracker.processes()]
     stats = sample_trees(procs, wait=prime)
+    # The members, and with them the count, come from one scan taken after the samples: a
+    # row never counts processes it does not list (a tree still starting up grows between
+    # a sample and a later scan). CPU, RSS and ports are the sample's.
+    scans = {id(tracker): tracker.trees() for tracker in trackers}
     rows = []
-    for proc, tree, st in zip(procs, members, stats, strict=True):
+    for proc, st in zip(procs, stats, strict=True):
+        tree = scans[id(proc.tracker)].get(proc.name, [])
+        live = bool(tree) and bool(st.count)
         rows.append(EngineRow(
             engine=who[0], host=who[1], name=proc.name, pid=proc.pid, state=proc.state,
-            procs=st.count, cpu=st.cpu_text() if st.count else "-",
-            rss=format_bytes(st.rss) if st.count else "-",
-            ports=st.ports_text() if st.count else "-",
+            procs=len(tree), cpu=st.cpu_text() if live else "-",
+            rss=format_bytes(st.rss) if live else "-",
+            ports=st.ports_text() if live else "-",
             members=tuple((m.pid, m.create_time) for m in tree),
         ))
     return who, rows
