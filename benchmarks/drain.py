@@ -47,6 +47,7 @@ from pathlib import Path
 from _bench import median
 
 from ipyproctrack import Tracker
+from ipyproctrack._keeper.client import KeeperProcess
 
 LINE = "a line of 64 bytes from the drain benchmark, some text to read!"  # + "\n" = 64 bytes
 READ_SIZE = 1 << 16
@@ -130,7 +131,7 @@ class HelperClock:
     """The keeper's own CPU seconds, read when it has exited and just before it is reaped:
     the keeper's ``Popen.poll`` (the Tracker's only way to reap it) reads them first."""
 
-    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
+    def __init__(self, popen: KeeperProcess) -> None:
         self.pid = popen.pid
         self.seconds = 0.0
         self.caught_exit = False

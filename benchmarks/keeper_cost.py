@@ -3,14 +3,17 @@
     .venv/bin/python benchmarks/keeper_cost.py [-n 30] [--many 400]
 
 Launches ``sleep 5`` N times directly (``Popen(start_new_session=True)``, timed until Popen
-returns, i.e. until the exec succeeded) and N times through ``spawn_kept`` (timed until the
-keeper's "started" event), alternating the two so that both see the same machine load.
-Prints the medians, the time the keeper adds, and the keeper's resident memory
-(VmRSS from /proc, Linux). Goals (issue 8): at most 25 ms added, at most 10 MB RSS.
-Every process started here is killed by pid before the next launch.
+returns, i.e. until the exec succeeded), N times through ``spawn_kept`` with a keeper of its
+own (``python -I -S``) and N times through ``spawn_kept`` with a keeper cloned by the
+zygote (Linux; ``_keeper/zygote.py``), each timed until the keeper's "started" event, in
+turn so that all see the same machine load. Prints the medians, the time the keeper adds,
+and the keepers' resident memory (VmRSS and RssAnon from /proc, Linux). Goals (issue 8): at
+most 25 ms added, at most 10 MB RSS. Every process started here is killed by pid before
+the next launch.
 
 ``--many N`` then starts N ``sleep`` commands through one Tracker and cleans them up with
-one ``cleanup()``: goal, 400 launches in under 10 s.
+one ``cleanup()``, with the zygote and then without it (``IPYPROCTRACK_ZYGOTE=0``): goal,
+400 launches in under 10 s.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ipyproctrack import Tracker
-from ipyproctrack._keeper.client import make_lifeline, spawn_kept
+from ipyproctrack._keeper.client import Zygote, make_lifeline, spawn_kept
 
 SLEEP = shutil.which("sleep") or "/bin/sleep"
 
@@ -62,7 +65,8 @@ def direct_launch(env: dict[str, str], null: int) -> float:
 
 
 def kept_launch(
-    env: dict[str, str], null: int, lifeline: int, tag: str, session: str
+    env: dict[str, str], null: int, lifeline: int, tag: str, session: str,
+    zygote: Zygote | None = None,
 ) -> tuple[float, int | None, int | None]:
     t0 = time.perf_counter()
     kp = spawn_kept(
@@ -76,6 +80,7 @@ def kept_launch(
         subreaper=True,
         tag=tag,
         session=session,
+        zygote=zygote,
     )
     took = time.perf_counter() - t0
     time.sleep(0.05)  # let the keeper settle into its loop before reading its memory
@@ -87,7 +92,16 @@ def kept_launch(
 
 
 def many_launches(count: int) -> None:
-    """``count`` launches through one Tracker, then one cleanup of them all."""
+    """``count`` launches through one Tracker, then one cleanup of them all: with the
+    zygote, then with a keeper of its own per launch."""
+    for label, zygote in (("zygote", "1"), ("own keepers", "0")):
+        os.environ["IPYPROCTRACK_ZYGOTE"] = zygote
+        print(f"{label}: ", end="")
+        many_launches_once(count)
+    del os.environ["IPYPROCTRACK_ZYGOTE"]
+
+
+def many_launches_once(count: int) -> None:
     with tempfile.TemporaryDirectory(prefix="ipyproctrack-many-") as tmp:
         tracker = Tracker(log_dir=tmp, grace=1.0)
         try:
@@ -102,7 +116,7 @@ def many_launches(count: int) -> None:
             tracker.close(grace=0.5)
     print(f"{count} launches through one Tracker: {launched:5.2f} s "
           f"({launched / count * 1000:4.1f} ms each; goal: 400 in under 10 s)")
-    print(f"one cleanup of all {count}: {cleaned:5.2f} s, ok={report.ok}, "
+    print(f"    one cleanup of all {count}: {cleaned:5.2f} s, ok={report.ok}, "
           f"{len(report.outcomes)} processes")
 
 
@@ -116,40 +130,45 @@ def main() -> None:
     env = dict(os.environ, IPYPROCTRACK_SESSION=session)
     lifeline_r, lifeline_w = make_lifeline()
     null = os.open(os.devnull, os.O_RDWR)
+    zygote = Zygote(lambda: lifeline_r)
     direct: list[float] = []
-    kept: list[float] = []
-    rss: list[int] = []
-    anon: list[int] = []
+    kinds = ("own keeper", "cloned keeper")
+    took: dict[str, list[float]] = {k: [] for k in kinds}
+    rss: dict[str, list[int]] = {k: [] for k in kinds}
+    anon: dict[str, list[int]] = {k: [] for k in kinds}
     try:
-        for i in range(n + 1):  # round 0 warms the caches and is not counted
+        for i in range(n + 1):  # round 0 warms the caches (and starts the zygote)
             tag = f"{session}-{i}"
             tagged = dict(env, IPYPROCTRACK_PROCESS=tag)
             d = direct_launch(tagged, null)
-            k, r, a = kept_launch(tagged, null, lifeline_r, tag, session)
+            runs = {kind: kept_launch(tagged, null, lifeline_r, tag, session,
+                                      zygote if kind == "cloned keeper" else None)
+                    for kind in kinds}
             if i == 0:
                 continue
             direct.append(d)
-            kept.append(k)
-            if r is not None:
-                rss.append(r)
-            if a is not None:
-                anon.append(a)
+            for kind, (k, r, a) in runs.items():
+                took[kind].append(k)
+                if r is not None:
+                    rss[kind].append(r)
+                if a is not None:
+                    anon[kind].append(a)
     finally:
+        zygote.close()
         os.close(null)
         os.close(lifeline_w)
         os.close(lifeline_r)
-    md, mk = statistics.median(direct) * 1000, statistics.median(kept) * 1000
+    md = statistics.median(direct) * 1000
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, {n} launches of each kind")
     print(f"direct Popen(start_new_session=True):  median {md:6.1f} ms")
-    print(f"spawn_kept (until 'started'):          median {mk:6.1f} ms")
-    print(f"added by the keeper:                   median {mk - md:6.1f} ms   (goal <= 25 ms)")
-    if rss:
-        print(
-            f"keeper VmRSS:  median {statistics.median(rss) / 1024:5.1f} MB, "
-            f"max {max(rss) / 1024:5.1f} MB   (goal <= 10 MB)"
-        )
-    if anon:
-        print(f"keeper RssAnon (private): median {statistics.median(anon) / 1024:5.1f} MB")
+    for kind in kinds:
+        mk = statistics.median(took[kind]) * 1000
+        print(f"spawn_kept, {kind + ':':15}       median {mk:6.1f} ms until 'started'; "
+              f"added {mk - md:6.1f} ms (goal <= 25 ms)")
+        if rss[kind]:
+            print(f"    VmRSS median {statistics.median(rss[kind]) / 1024:5.1f} MB, max "
+                  f"{max(rss[kind]) / 1024:5.1f} MB (goal <= 10 MB); RssAnon (private) "
+                  f"median {statistics.median(anon[kind]) / 1024:5.1f} MB")
     if args.many:
         many_launches(args.many)
 

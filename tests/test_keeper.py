@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from _procs import create_time, is_alive, kill_by_identity, tagged_processes, wait_dead
@@ -29,6 +30,7 @@ from _trees import read_nasty_pids, start_nasty, wait_nasty_ready
 from ipyproctrack._keeper import main as keeper_main
 from ipyproctrack._keeper.client import (
     KEEPER_PATH,
+    KeeperProcess,
     KeptProcess,
     keeper_argv,
     make_lifeline,
@@ -72,13 +74,15 @@ TAGGED_DAEMON = (
 )
 
 
+_P = TypeVar("_P", bound=KeeperProcess)
+
 class Started:
     """What a test started: killed by (pid, create_time) at the end, tag sweep included."""
 
     def __init__(self) -> None:
         self.session = f"keeper-test-{uuid.uuid4().hex[:12]}"
         self.idents: list[tuple[int, float]] = []
-        self.popens: list[subprocess.Popen[bytes]] = []
+        self.popens: list[KeeperProcess] = []
         self.fds: list[int] = []
         self._n = 0
 
@@ -98,7 +102,7 @@ class Started:
         self.idents.append((pid, ctime))
         return pid, ctime
 
-    def popen(self, proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    def popen(self, proc: _P) -> _P:
         self.popens.append(proc)
         self.note(proc.pid)
         return proc

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import _platform as plat
-from .._keeper.client import spawn_kept
+from .._keeper.client import KeeperProcess, Zygote, spawn_kept
 from .._proc.identity import ProcId, create_time_from_start
 from .._proc.scan import get_record
 from ..errors import LaunchError
@@ -127,7 +127,7 @@ def _launch_failure(exe: str, exc: OSError) -> str:
 class Root:
     """A spawned root command and what watching it takes."""
 
-    popen: subprocess.Popen[bytes]  # our direct child: the keeper, or the command itself
+    popen: KeeperProcess  # our direct child: the keeper, or the command itself
     pid: int  # the command's pid
     create_time: float
     out_fd: int  # read ends of its stdout and stderr, owned by the drain from now on
@@ -150,11 +150,13 @@ def spawn_root(
     record: str = "",
     max_memory: int = 0,
     max_runtime: float = 0.0,
+    zygote: Zygote | None = None,
 ) -> Root:
     """Start ``argv`` in a new session (and group) with its output on two new pipes.
     ``lifeline()`` gives the read end the keeper watches; ``record`` is where it reports
     a teardown of ``name`` when the kernel is gone. The keeper holds ``max_memory``
-    (bytes) and ``max_runtime`` (s) when > 0. Raises LaunchError."""
+    (bytes) and ``max_runtime`` (s) when > 0; ``zygote`` clones the keeper when it can.
+    Raises LaunchError."""
     if (max_memory or max_runtime) and not plat.USE_KEEPER:
         raise LaunchError("max_memory and max_runtime need the keeper (POSIX only)")
     if max_memory and not plat.HAS_PROCFS:
@@ -179,6 +181,7 @@ def spawn_root(
                 lifeline_fd=lifeline(), grace=keeper_grace,
                 subreaper=plat.HAS_SUBREAPER, tag=tag, session=session,
                 name=name, record=record, max_memory=max_memory, max_runtime=max_runtime,
+                zygote=zygote,
             )
             popen = kept.keeper
         else:

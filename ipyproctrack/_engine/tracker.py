@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio.to_thread
 
 from .. import _platform as plat
-from .._keeper.client import make_lifeline
+from .._keeper.client import Zygote, make_lifeline
 from .._proc.discovery import ProcessInfo, discover, trees_of
 from .._proc.scan import scan_processes
 from .._proc.teardown import CleanupReport, run_teardown
@@ -67,6 +67,7 @@ def _drop_lifelines_in_child() -> None:
     would miss the kernel's death until their pidfd backup notices. Nor may its exit tear
     down its parent's processes, so it forgets the live trackers."""
     for tracker in list(_live_trackers):
+        tracker._zygote.forget_in_child()
         if tracker._lifeline is not None:
             with contextlib.suppress(OSError):
                 os.close(tracker._lifeline[1])
@@ -155,6 +156,7 @@ class Tracker(AbstractContextManager["Tracker"]):
         self._counter = itertools.count(1)
         self._loop = Loop(on_output=self._changed if on_change is not None else None)
         self._lifeline: tuple[int, int] | None = None
+        self._zygote = Zygote(self._lifeline_read)  # clones keepers (Linux), from the first launch
         self._on_change_failed = False
         # Windows Job Objects of every launch, replaced ones too: closed by close().
         self._containers: list[plat.Containment] = []
@@ -335,6 +337,7 @@ class Tracker(AbstractContextManager["Tracker"]):
         env[plat.TAG_PROCESS] = tag
         root = spawn_root(argv, cwd=cwd, env=env, tag=tag, session=self.session_tag,
                           lifeline=self._lifeline_read, keeper_grace=min(self.grace, 1.5),
+                          zygote=self._zygote,
                           name=name, record=str(self.kernel_end_record),
                           max_memory=limits[0], max_runtime=limits[1])
         sink = OutputSink(
@@ -471,6 +474,7 @@ class Tracker(AbstractContextManager["Tracker"]):
         except Exception as exc:  # closing must not raise; say what went wrong
             log.exception("stopping the drain loop failed")
             report.messages.append(f"stopping the drain loop failed: {exc}")
+        self._zygote.close()  # before the lifeline: its EOF would end the zygote too
         self._close_lifeline()
         with self._lock:
             jobs, self._containers = self._containers, []

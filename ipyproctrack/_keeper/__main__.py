@@ -14,4 +14,8 @@ if not __package__:  # run by path, not with -m
 from ipyproctrack._keeper.main import main
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--zygote"]:  # zygote.py: <socket fd> <lifeline fd>
+        from ipyproctrack._keeper.zygote import serve
+
+        sys.exit(serve(int(sys.argv[2]), int(sys.argv[3])))
     sys.exit(main())

@@ -10,34 +10,233 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from array import array
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import _platform as plat
 from .._proc.scan import start_seconds
 from ..errors import LaunchError
-from .protocol import MAX_LINE, config_arg, read_status_events
+from .protocol import MAX_LINE, config_arg, encode, read_status_events
 
 __all__ = (
     "KEEPER_PATH",
+    "ClonedKeeper",
+    "KeeperProcess",
     "KeptProcess",
+    "Zygote",
     "keeper_argv",
     "make_lifeline",
     "spawn_kept",
 )
 
+log = logging.getLogger(__name__)
+
 KEEPER_PATH = Path(__file__).resolve().parent / "__main__.py"
+
+
+class ClonedKeeper:
+    """A keeper cloned by the zygote. Our own child, like a ``Popen``-started one, and
+    reaped the same way: ``waitpid`` on its pid, never on -1."""
+
+    def __init__(self, pid: int, program: str) -> None:
+        self.pid = pid
+        self.args = [program]
+        self.returncode: int | None = None
+        self._lock = threading.Lock()
+
+    def poll(self) -> int | None:
+        with self._lock:
+            if self.returncode is None:
+                try:
+                    pid, status = os.waitpid(self.pid, os.WNOHANG)
+                except ChildProcessError:  # reaped by someone else: Popen says 0 too
+                    self.returncode = 0
+                else:
+                    if pid == self.pid:
+                        self.returncode = os.waitstatus_to_exitcode(status)
+            return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while (rc := self.poll()) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return rc
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:  # not reaped, so the pid is still this keeper's
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+
+# What the engine holds of a keeper: its Popen, or the zygote's clone.
+KeeperProcess = subprocess.Popen[bytes] | ClonedKeeper
+
+
+class Zygote:
+    """The engine's end of a keepers' zygote (``zygote.py``, Linux): started on the first
+    launch, ended by ``close()``. ``spawn`` returns None whenever the zygote cannot serve
+    (another OS, a forked child, the zygote died): the caller then starts the keeper
+    itself, as without a zygote."""
+
+    def __init__(self, lifeline: Callable[[], int]) -> None:
+        self._lifeline = lifeline  # the session's lifeline read end, made on first use
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._owner = os.getpid()
+        self._usable = plat.IS_LINUX and os.environ.get("IPYPROCTRACK_ZYGOTE", "1") != "0"
+
+    @property
+    def pid(self) -> int | None:
+        """The zygote's pid while it runs."""
+        return self._proc.pid if self._proc is not None and self._sock is not None else None
+
+    def _start(self) -> bool:
+        lifeline = self._lifeline()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            from .zygote import ARG_ROOM, ENV_ROOM, PAD_VARIABLE
+
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", str(KEEPER_PATH), "--zygote",
+                 str(theirs.fileno()), str(lifeline), " " * ARG_ROOM],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                env={**os.environ, PAD_VARIABLE: " " * ENV_ROOM},
+                pass_fds=(theirs.fileno(), lifeline), start_new_session=True,
+            )
+        except OSError as exc:
+            ours.close()
+            log.warning("cannot start the keepers' zygote (%s): keepers start one by one", exc)
+            return False
+        finally:
+            theirs.close()
+        ours.settimeout(10.0)
+        self._sock = ours
+        return True
+
+    def spawn(self, config: Mapping[str, object], *, program: str, cwd: str,
+              env: Mapping[str, str], stdout: int, stderr: int,
+              status_w: int) -> ClonedKeeper | None:
+        """A keeper cloned for ``config``, with the command's stdout and stderr and the
+        status pipe's write end; None when the zygote cannot do it."""
+        if not self._usable or os.getpid() != self._owner:
+            return None
+        from .zygote import ARG_ROOM, ENV_ROOM
+
+        items = [f"{k}={v}" for k, v in env.items()]
+        size = len(config_arg(config).encode("utf-8", "surrogateescape"))
+        env_size = sum(len(i.encode("utf-8", "surrogateescape")) + 1 for i in items)
+        if size > ARG_ROOM - 512 or env_size > ENV_ROOM - 512:
+            return None  # /proc could not show the clone as its keeper: start one
+        request = encode({**config, "cwd": cwd, "env": items, "umask": _umask(),
+                          "rlimits": _rlimits()})
+        with self._lock:
+            if self._sock is None and not self._start():
+                self._usable = False
+                return None
+            assert self._sock is not None
+            try:
+                self._sock.sendmsg(
+                    [request.encode("utf-8", "surrogateescape")],
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [stdout, stderr,
+                                                                        status_w]))])
+                reply = self._sock.recv(64).decode("ascii", "replace")
+            except OSError as exc:
+                log.warning("the keepers' zygote failed (%s): keepers start one by one", exc)
+                self._stop_locked()
+                self._usable = False
+                return None
+        key, _, value = reply.partition("=")
+        if key == "pid" and value.isdigit():
+            return ClonedKeeper(int(value), program)
+        log.warning("the keepers' zygote cannot clone (%s): keepers start one by one",
+                    os.strerror(int(value)) if value.isdigit() else reply or "no reply")
+        with self._lock:
+            self._stop_locked()
+            self._usable = False
+        return None
+
+    def close(self) -> None:
+        """End the zygote (its keepers live on) and reap it. Idempotent."""
+        with self._lock:
+            self._stop_locked()
+
+    def forget_in_child(self) -> None:
+        """In a forked child: close our copy of the socket, touch nothing else."""
+        sock, self._sock, self._proc = self._sock, None, None
+        self._usable = False
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _stop_locked(self) -> None:
+        sock, proc = self._sock, self._proc
+        self._sock = self._proc = None
+        if sock is not None:
+            # An empty message ends the zygote even while a forked child of ours still
+            # holds a copy of this socket (so no EOF would come).
+            with contextlib.suppress(OSError):
+                sock.send(b"")
+            sock.close()
+        if proc is not None:
+            try:
+                proc.wait(timeout=2.0)
+            except subprocess.TimeoutExpired:
+                log.warning("the keepers' zygote (pid %d) did not exit; sent SIGKILL", proc.pid)
+                proc.kill()
+                proc.wait()
+
+
+def _umask() -> int:
+    """Our umask, read without setting it (os.umask would change it for an instant, for
+    every thread): -1 when /proc does not say."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return -1
+
+
+def _rlimits() -> list[str]:
+    """Our resource limits, as "number=soft,hard" items."""
+    import resource
+
+    out = []
+    for name in dir(resource):
+        if name.startswith("RLIMIT_"):
+            number = getattr(resource, name)
+            with contextlib.suppress(OSError, ValueError):
+                soft, hard = resource.getrlimit(number)
+                out.append(f"{number}={soft},{hard}")
+    return out
 
 
 @dataclass
 class KeptProcess:
-    keeper: subprocess.Popen[bytes]  # our direct child: the keeper (reap it through this)
+    keeper: KeeperProcess  # our direct child: the keeper (reap it through this)
     pid: int  # the command's pid (from the "started" event)
     status_fd: int  # read end of the status pipe, non-blocking, owned by the engine now
     subreaper: bool = False  # the keeper did become a child subreaper
@@ -114,7 +313,7 @@ def _read_line(fd: int, deadline: float) -> bytes | None:
                 return bytes(line)
 
 
-def _kill_keeper(keeper: subprocess.Popen[bytes]) -> None:
+def _kill_keeper(keeper: KeeperProcess) -> None:
     """SIGKILL the keeper's whole group (it leads it; not reaped yet, so the id is ours)."""
     if keeper.poll() is None:
         try:
@@ -142,6 +341,7 @@ def spawn_kept(
     max_memory: int = 0,
     max_runtime: float = 0.0,
     start_timeout: float = 10.0,
+    zygote: Zygote | None = None,
 ) -> KeptProcess:
     """Start ``argv`` under a new keeper; block until the command has started.
 
@@ -151,6 +351,7 @@ def spawn_kept(
     ``record``: the file the keeper appends its report to if it tears down because the
     kernel is gone (the kernel-end record; ``name`` labels it). ``max_memory`` (bytes of
     the tree's RSS) and ``max_runtime`` (seconds), when > 0, are held by the keeper.
+    ``zygote``: clone the keeper from it when it can (``zygote.py``).
     """
     args = [os.fspath(a) for a in argv]
     if not args or not args[0]:
@@ -171,6 +372,13 @@ def spawn_kept(
         "max_memory": max_memory,
         "max_runtime": max_runtime,
     }
+    keeper: KeeperProcess | None = None
+    if zygote is not None and stdout >= 0 and stderr >= 0 and os.path.isdir(cwd):
+        keeper = zygote.spawn(config, program=args[0], cwd=cwd, env=env, stdout=stdout,
+                              stderr=stderr, status_w=status_w)
+    if keeper is not None:
+        os.close(status_w)
+        return _await_started(keeper, status_r, args[0], start_timeout)
     try:
         keeper = subprocess.Popen(
             keeper_argv(config),
@@ -193,7 +401,7 @@ def spawn_kept(
 
 
 def _await_started(
-    keeper: subprocess.Popen[bytes], status_r: int, program: str, start_timeout: float
+    keeper: KeeperProcess, status_r: int, program: str, start_timeout: float
 ) -> KeptProcess:
     """Read the keeper's first event: "started" (the command runs) or why it did not."""
     try:

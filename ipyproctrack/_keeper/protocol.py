@@ -50,6 +50,11 @@ CONFIG_FIELDS: dict[str, type] = {
     "max_memory": int,
     "max_runtime": float,
 }
+# A launch request to the zygote (``zygote.py``): the config, the working directory, the
+# environment (one "KEY=value" item per variable), the umask and the resource limits (one
+# "number=soft,hard" item each).
+REQUEST_FIELDS: dict[str, type] = {**CONFIG_FIELDS, "cwd": str, "env": list, "umask": int,
+                                   "rlimits": list}
 EVENT_FIELDS: dict[str, type] = {
     "event": str,
     "pid": int,
@@ -160,4 +165,8 @@ def config_arg(config: Mapping[str, object]) -> str:
 
 def read_config(arg: str) -> Record:
     return decode(arg, CONFIG_FIELDS)
+
+
+def read_request(text: str) -> Record:
+    return decode(text, REQUEST_FIELDS)
 

@@ -88,6 +88,22 @@ def enlarge_pipe(fd: int) -> int:
     return 0
 
 
+def clone_sibling() -> int | None:
+    """Fork this (single-threaded) process so that the copy is a child of our parent, not
+    ours (Linux ``clone(CLONE_PARENT)``): 0 in the copy, its pid here; None where this
+    cannot be done. The keepers' zygote uses it, so that every keeper is the kernel's own
+    child. Raises OSError when the clone fails. No at-fork handler runs in the copy."""
+    return None
+
+
+def show_as(argv: list[str], env: list[str]) -> bool:
+    """Make ``/proc/self/cmdline`` and ``environ`` read ``argv`` and ``env`` ("KEY=value"
+    items) by rewriting the memory they are read from, as setproctitle does (Linux). The
+    last item of each is stretched to fill its area, so it must end where stretching is
+    harmless. False where this cannot be done, or when either does not fit."""
+    return False
+
+
 def open_exit_waiter(pid: int) -> int | None:
     """An fd that turns readable when ``pid`` exits (a Linux pidfd); None if unsupported."""
     return None
@@ -152,7 +168,13 @@ else:
     )
 
     if IS_LINUX:
-        from ._linux import enlarge_pipe, open_exit_waiter, set_subreaper
+        from ._linux import (
+            clone_sibling,
+            enlarge_pipe,
+            open_exit_waiter,
+            set_subreaper,
+            show_as,
+        )
 
 __all__ = (
     "ASYNC_PIPES",
@@ -165,6 +187,7 @@ __all__ = (
     "TAG_PROCESS",
     "TAG_SESSION",
     "USE_KEEPER",
+    "clone_sibling",
     "contain",
     "enlarge_pipe",
     "open_exit_waiter",
@@ -175,6 +198,7 @@ __all__ = (
     "raise_open_file_limit",
     "set_subreaper",
     "shell_argv",
+    "show_as",
     "signal_group",
     "signal_number",
     "user_id",
