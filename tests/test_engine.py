@@ -29,7 +29,7 @@ from ipyproctrack import (
 )
 from ipyproctrack import _platform as plat
 from ipyproctrack._engine.output import RotatingLog
-from ipyproctrack._proc import ProcId, Target, discovery_name, run_teardown, send_signal
+from ipyproctrack._proc import ProcId, Target, discovery_name, procfs, run_teardown, send_signal
 
 PY = sys.executable
 
@@ -440,6 +440,9 @@ def test_tag_finds_a_process_outside_the_tree(tmp_path: Path) -> None:
     try:
         ct = create_time(stray.pid)
         assert ct is not None
+        # Popen returns once the exec is under way, but /proc shows the new environment only
+        # once it has finished: before that, there is no tag to find.
+        assert until(lambda: procfs.read_tags(stray.pid)[1] == "outside-tag-1", 10)
         target = Target(name="t", root=None, tag="outside-tag-1", reap=lambda: bool(stray.poll()))
         report = run_teardown([target], grace=1.0)
         assert [(o.pid, o.found_by, o.ended_by) for o in report.outcomes] == [

@@ -26,6 +26,7 @@ import select
 import sys
 
 from .. import _platform as plat
+from .._proc.procfs import ZYGOTE_ROOM
 from .main import Keeper
 from .protocol import config_arg, read_request
 
@@ -44,7 +45,8 @@ _FDS = 3  # stdout, stderr, status pipe
 # read, both. A launch whose config or environment does not fit starts its keeper itself.
 ARG_ROOM = 32 << 10
 ENV_ROOM = 64 << 10
-PAD_VARIABLE = "IPYPROCTRACK_ZYGOTE_ROOM"
+PAD_VARIABLE = ZYGOTE_ROOM  # the zygote's; a clone's padding is CLONE_ROOM
+CLONE_ROOM = "IPYPROCTRACK_ROOM"
 _KEEPER_MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__main__.py")
 
 
@@ -86,7 +88,7 @@ def _become_keeper(request: Record, fds: list[int], sock_fd: int, lifeline_fd: i
     config = dict(request, status_fd=status, lifeline_fd=lifeline_fd)
     plat.show_as([sys.executable, "-I", "-S", _KEEPER_MAIN, config_arg(config) + "\tpad="],
                  [*(str(item) for item in (env if isinstance(env, list) else [])),
-                  PAD_VARIABLE + "="])
+                  CLONE_ROOM + "="])
     if isinstance(umask, int) and umask >= 0:
         os.umask(umask)
     _set_limits(limits if isinstance(limits, list) else [])
