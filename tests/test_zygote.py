@@ -34,6 +34,7 @@ def test_keepers_are_clones_that_proc_shows_as_keepers(tracker: Tracker) -> None
     procs = [tracker.start(["sleep", "60"], name=f"s{i}") for i in range(3)]
     zygote = tracker._zygote.pid
     assert zygote is not None and _ppid(zygote) == os.getpid()
+    assert Path(f"/proc/{zygote}/comm").read_text() == "ipt-zygote\n"
     for proc in procs:
         keeper = proc._root.popen
         assert isinstance(keeper, ClonedKeeper)
@@ -43,6 +44,8 @@ def test_keepers_are_clones_that_proc_shows_as_keepers(tracker: Tracker) -> None
         assert args[-2].endswith(os.path.join("_keeper", "__main__.py")), args
         assert f"tag={proc.tag}" in args[-1].split("\t"), args
         assert procfs.read_tags(keeper.pid) == (tracker.session_tag, proc.tag)
+        # named as an exec names it: the scan's tag cache, keyed on the name, reads anew
+        assert Path(f"/proc/{keeper.pid}/comm").read_text() == "python\n"
     sessions = [s for s in find_sessions() if s.tag == tracker.session_tag]
     assert len(sessions) == 1 and sessions[0].kernel_alive  # read from the keepers' config
     launches = {launch.name: launch for launch in sessions[0].launches}
@@ -126,11 +129,31 @@ def test_the_zygote_and_the_tree_end_with_the_kernel(tmp_path: Path) -> None:
     assert until(lambda: wait_dead(idents, 0.1) == [], 10), idents
 
 
-def test_a_forked_child_cannot_use_the_parents_zygote(tmp_path: Path) -> None:
-    zygote = Zygote(lambda: -1)
+@pytest.mark.parametrize("tracked", [True, False], ids=["tracker", "bare-zygote"])
+def test_a_forked_child_cannot_use_the_parents_zygote(tracker: Tracker, tracked: bool) -> None:
+    """A clone's parent would be our parent, not the child: the child must never ask.
+    Through a Tracker, the at-fork hook and the owner check both stand in the way; a
+    zygote no Tracker knows has the owner check alone."""
+    if tracked:
+        tracker.start(["sleep", "60"], name="first")  # the zygote runs now
+        zygote = tracker._zygote
+    else:
+        zygote = Zygote(tracker._lifeline_read)
+        r, w = os.pipe()
+        first = zygote.spawn({"argv": ["true"], "kernel_pid": os.getpid()}, program="true",
+                             cwd="/", env={}, stdout=w, stderr=w, status_w=w)
+        os.close(w)
+        assert isinstance(first, ClonedKeeper)  # it serves the process that started it
+        first.wait(10)
+        os.close(r)
     pid = os.fork()
     if pid == 0:  # the child: never clone through the parent's zygote
-        os._exit(0 if zygote.spawn({}, program="x", cwd="/", env={}, stdout=1, stderr=2,
-                                   status_w=2) is None else 1)
+        r, w = os.pipe()
+        got = zygote.spawn({"argv": ["true"]}, program="true", cwd="/", env={},
+                           stdout=w, stderr=w, status_w=w)
+        os._exit(0 if got is None else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+    assert zygote.pid is not None  # and the parent's zygote still runs
+    if not tracked:
+        zygote.close()

@@ -162,19 +162,17 @@ class Zygote:
                                                                         status_w]))])
                 reply = self._sock.recv(64).decode("ascii", "replace")
             except OSError as exc:
-                log.warning("the keepers' zygote failed (%s): keepers start one by one", exc)
-                self._stop_locked()
-                self._usable = False
-                return None
-        key, _, value = reply.partition("=")
-        if key == "pid" and value.isdigit():
-            return ClonedKeeper(int(value), program)
-        log.warning("the keepers' zygote cannot clone (%s): keepers start one by one",
-                    os.strerror(int(value)) if value.isdigit() else reply or "no reply")
-        with self._lock:
+                reply = str(exc)
+            key, _, value = reply.partition("=")
+            if key == "pid" and value.isdigit():
+                return ClonedKeeper(int(value), program)
+            # For good: a zygote that failed once is not trusted with the next launch.
+            log.warning("the keepers' zygote failed (%s): keepers start one by one",
+                        os.strerror(int(value)) if key == "error" and value.isdigit()
+                        else reply or "no reply")
             self._stop_locked()
             self._usable = False
-        return None
+            return None
 
     def close(self) -> None:
         """End the zygote (its keepers live on) and reap it. Idempotent."""

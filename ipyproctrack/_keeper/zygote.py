@@ -26,7 +26,6 @@ import select
 import sys
 
 from .. import _platform as plat
-from .._proc.procfs import ZYGOTE_ROOM
 from .main import Keeper
 from .protocol import config_arg, read_request
 
@@ -45,8 +44,11 @@ _FDS = 3  # stdout, stderr, status pipe
 # read, both. A launch whose config or environment does not fit starts its keeper itself.
 ARG_ROOM = 32 << 10
 ENV_ROOM = 64 << 10
-PAD_VARIABLE = ZYGOTE_ROOM  # the zygote's; a clone's padding is CLONE_ROOM
+PAD_VARIABLE = "IPYPROCTRACK_ZYGOTE_ROOM"  # the zygote's; a clone's padding is CLONE_ROOM
 CLONE_ROOM = "IPYPROCTRACK_ROOM"
+# The zygote's name in ps. A clone takes the keeper's name ("python") when it rewrites its
+# environment, so the scan's tag cache (keyed on the name) forgets what it showed before.
+ZYGOTE_NAME = "ipt-zygote"
 _KEEPER_MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__main__.py")
 
 
@@ -76,10 +78,11 @@ def _become_keeper(request: Record, fds: list[int], sock_fd: int, lifeline_fd: i
         if fd > 2:
             os.close(fd)
     os.setsid()
-    env = request.pop("env", [])
+    items = request.pop("env", [])
+    env = [str(item) for item in items] if isinstance(items, list) else []
     os.environ.clear()
-    for item in env if isinstance(env, list) else []:
-        key, sep, value = str(item).partition("=")
+    for item in env:
+        key, sep, value = item.partition("=")
         if sep and key:
             os.environ[key] = value
     cwd = request.pop("cwd", "")
@@ -87,8 +90,7 @@ def _become_keeper(request: Record, fds: list[int], sock_fd: int, lifeline_fd: i
     limits = request.pop("rlimits", [])
     config = dict(request, status_fd=status, lifeline_fd=lifeline_fd)
     plat.show_as([sys.executable, "-I", "-S", _KEEPER_MAIN, config_arg(config) + "\tpad="],
-                 [*(str(item) for item in (env if isinstance(env, list) else [])),
-                  CLONE_ROOM + "="])
+                 [*env, CLONE_ROOM + "="])
     if isinstance(umask, int) and umask >= 0:
         os.umask(umask)
     _set_limits(limits if isinstance(limits, list) else [])
@@ -119,6 +121,7 @@ def _set_limits(limits: list[object]) -> None:
 
 def serve(sock_fd: int, lifeline_fd: int) -> int:
     """The zygote's loop: clone a keeper per request until the socket or lifeline ends."""
+    plat.set_name(ZYGOTE_NAME)
     sock = _socket.socket(fileno=sock_fd)
     poller = select.poll()
     poller.register(sock_fd, select.POLLIN)

@@ -98,10 +98,17 @@ def clone_sibling() -> int | None:
 
 def show_as(argv: list[str], env: list[str]) -> bool:
     """Make ``/proc/self/cmdline`` and ``environ`` read ``argv`` and ``env`` ("KEY=value"
-    items) by rewriting the memory they are read from, as setproctitle does (Linux). The
-    last item of each is stretched to fill its area, so it must end where stretching is
-    harmless. False where this cannot be done, or when either does not fit."""
+    items) by rewriting the memory they are read from, as setproctitle does (Linux), and
+    name the process after ``argv[0]`` as an exec would (``set_name``): a scan's tag cache,
+    which is keyed on the name, then reads the new environment. The last item of each is
+    stretched to fill its area, so it must end where stretching is harmless. False where
+    this cannot be done, or when either does not fit."""
     return False
+
+
+def set_name(name: str) -> None:
+    """The process's name as ``ps`` and ``/proc/<pid>/stat`` show it (Linux ``comm``, 15
+    bytes at most); nothing elsewhere."""
 
 
 def open_exit_waiter(pid: int) -> int | None:
@@ -172,6 +179,7 @@ else:
             clone_sibling,
             enlarge_pipe,
             open_exit_waiter,
+            set_name,
             set_subreaper,
             show_as,
         )
@@ -196,6 +204,7 @@ __all__ = (
     "ps_command",
     "ps_table",
     "raise_open_file_limit",
+    "set_name",
     "set_subreaper",
     "shell_argv",
     "show_as",

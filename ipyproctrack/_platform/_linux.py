@@ -87,4 +87,13 @@ def show_as(argv: list[str], env: list[str]) -> bool:
         blobs.append((start, blob + b" " * room + b"\0"))
     for start, blob in blobs:
         ctypes.memmove(start, blob, len(blob))
+    set_name(os.path.basename(argv[0]))
     return True
+
+
+def set_name(name: str) -> None:
+    try:
+        with open("/proc/self/comm", "wb") as f:
+            f.write(name.encode("utf-8", "replace")[:15])
+    except OSError:
+        pass

@@ -22,10 +22,6 @@ _MARK = b"IPYPROCTRACK_"
 _SESSION_KEY = b"IPYPROCTRACK_SESSION="
 _PROCESS_KEY = b"IPYPROCTRACK_PROCESS="
 _KTHREADD = 2  # the parent of every kernel thread: they have no environment to read
-# The environment of the keepers' zygote (_keeper/zygote.py), which its clones show until
-# they write their own over it: never remembered, so a clone's tags are read once it has.
-ZYGOTE_ROOM = "IPYPROCTRACK_ZYGOTE_ROOM"
-_UNSETTLED = ZYGOTE_ROOM.encode() + b"="
 _READ = 1 << 14
 _NO_TAGS: tuple[str | None, str | None] = (None, None)
 # (stat up to the end of the command name, start ticks) -> tags, from the last scan
@@ -169,10 +165,9 @@ def scan(*, with_tags: bool = True) -> dict[int, ProcRecord]:
                 except OSError:  # another user's process, or gone
                     env = None
                 tags = _tags(env) if env and _MARK in env else _NO_TAGS
-                if env == b"" or (tags == _NO_TAGS and env and _UNSETTLED in env):
+                if env == b"":
                     # Not remembered: a process in the middle of an exec shows an empty
-                    # environment (its new command name already set) for an instant, and a
-                    # zygote's clone its zygote's.
+                    # environment (its new command name already set) for an instant.
                     rec.session_tag, rec.process_tag = tags
                     continue
             cache[key] = tags
