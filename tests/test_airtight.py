@@ -30,7 +30,7 @@ from pathlib import Path
 import psutil
 import pytest
 from _kernels import GRACE, REPO, Kernel, remove_tree
-from _procs import create_time, is_alive, kill_by_identity, wait_dead
+from _procs import create_time, is_alive, kill_by_identity, until, wait_dead
 from _trees import read_nasty_pids, start_nasty, wait_nasty_ready
 
 pytestmark = [
@@ -356,7 +356,7 @@ FORK = textwrap.dedent(
     _held = os.dup(_lifeline_w) if {dup} else -1  # a copy the at-fork hook cannot know
     _child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
     _child.start()
-    print(json.dumps({{"pid": _child.pid, "ino": os.fstat(_lifeline_w).st_ino}}))
+    print(json.dumps({{"pid": _child.pid, "ino": os.fstat(_lifeline_w).st_ino, "held": _held}}))
     """
 )
 
@@ -386,11 +386,14 @@ def test_forked_child_holding_the_lifeline(
     forked = json.loads(kernel.ok(FORK.format(mod=MOD, dup=holds_lifeline)).stdout)
     child = doomed.add_pid(forked["pid"])
     assert child is not None and is_alive(*child)
+    # the at-fork hook runs in the child after start() has returned in the kernel, so the
+    # child holds the inherited write end for a moment: wait for the hook to close it
+    want = [forked["held"]] if holds_lifeline else []
+    until(lambda: write_ends(child[0], forked["ino"]) == want)
     held = write_ends(child[0], forked["ino"])
-    if holds_lifeline:  # the EOF cannot come: only the pidfd backup can notice
-        assert held, "the fork child does not hold the lifeline's write end"
-    else:  # the at-fork hook closed the inherited write end
-        assert held == [], f"the fork child still holds the lifeline: fds {held}"
+    # dup: the EOF cannot come, only the pidfd backup can notice; mp-fork: the hook
+    # closed the inherited write end
+    assert held == want, f"the fork child holds the lifeline as fds {held}, not {want}"
 
     killed = time.monotonic()
     os.kill(kernel.pid, signal.SIGKILL)
