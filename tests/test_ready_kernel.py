@@ -347,10 +347,16 @@ def test_listening_ports_of_a_grandchild_show_in_proctrack(shared: Kernel) -> No
     assert create_time(listeners[0]) is not None
     print(f"root {root}; tree {tree}")
 
-    # the widget's header shows them too (it refreshes on its own while cells run)
-    later = shared.ok("import time; time.sleep(1.5)")
-    headers = [json.dumps(m["content"].get("data", {})) for m in later.of("comm_msg")]
+    # the widget's header shows them too (it refreshes on its own while cells run, at
+    # its own pace: wait for it with a deadline, a slow machine may need a few rounds)
     link = f'ports <a href=\\"http://127.0.0.1:{port}/\\"'  # as a link, JSON-escaped
+    headers: list[str] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        later = shared.ok("import time; time.sleep(1.0)")
+        headers += [json.dumps(m["content"].get("data", {})) for m in later.of("comm_msg")]
+        if any(link in h and f">{port}</a>" in h for h in headers):
+            break
     assert any(link in h and f">{port}</a>" in h for h in headers), headers[-3:]
 
     table = shared.ok("%proctrack").text()
