@@ -34,6 +34,12 @@ TREE_SIZE = 5
 START_TIMEOUT = 90.0
 
 
+# The hub registers an engine at its first heartbeat, every 3 s by default: a cluster took
+# 6.8 s to start, and 2.3-2.8 s with beats every 0.5 s. An engine is still dropped only after
+# 10 missed beats, and its heart is a zmq device thread that needs no GIL.
+QUICK_HEARTS = "--HeartMonitor.period=500"
+
+
 class RunningCluster:
     """A local cluster of ``n`` engines and its client; ``stop()`` is idempotent."""
 
@@ -49,6 +55,7 @@ class RunningCluster:
         self.cluster: Any = ipp.Cluster(
             n=n, controller_ip="127.0.0.1", profile_dir=str(profile_dir),
             log_level=logging.WARNING, engine_timeout=START_TIMEOUT, config=config,
+            controller_args=[QUICK_HEARTS],
         )
         self.stopped = False
         try:
@@ -57,26 +64,37 @@ class RunningCluster:
         finally:
             # controller, schedulers, engines and their nannies: nothing is tracked yet
             self.own = _descendants() - before
+            self.hub = _descendants(self.cluster.controller.pid) & self.own
         self.view: Any = self.rc[:]
 
     def stop(self) -> None:
-        """Stop the cluster (again: a no-op), then wait for every process it started
-        (the nannies notice their engine's end within about 4 s); SIGKILL stragglers."""
+        """Stop the engines, then the controller (again: a no-op), and wait for every
+        process they started; SIGKILL stragglers. In that order, because each engine's nanny
+        tells the hub that its engine ended: with the hub gone, the message lingers 3 s."""
         if self.stopped:
             return
         self.stopped = True
         try:
             self.rc.close()
         finally:
-            self.cluster.stop_cluster_sync()
+            self.cluster.stop_engines_sync()
+            wait_dead(self.own - self.hub, 10.0)
+            self.cluster.stop_controller_sync()
             if wait_dead(self.own, 15.0):
                 kill_by_identity(self.own)
                 wait_dead(self.own, 2.0)
 
 
-def _descendants() -> set[tuple[int, float]]:
+def _descendants(pid: int | None = None) -> set[tuple[int, float]]:
+    """(pid, create time) of this process's descendants, or of ``pid`` and its own."""
     out = set()
-    for child in psutil.Process().children(recursive=True):
+    try:
+        top = psutil.Process(pid)
+        found = [top, *top.children(recursive=True)] if pid is not None else top.children(
+            recursive=True)
+    except psutil.Error:
+        return out
+    for child in found:
         try:
             out.add((child.pid, child.create_time()))
         except psutil.Error:
@@ -203,9 +221,12 @@ def test_cleanup_keeps_the_escalations(running: RunningCluster) -> None:
     assert "ignored SIGTERM" in report._repr_html_()
 
 
-def test_an_engine_that_does_not_answer_is_reported_not_raised(running: RunningCluster) -> None:
-    # engine 0 is busy for longer than the timeout: its row says so, engine 1 still answers
-    busy = running.rc[0].apply_async(_sleep, 3.0)
+def test_an_engine_that_does_not_answer_is_reported_not_raised(
+    running: RunningCluster, tmp_path: Path
+) -> None:
+    # engine 0 is busy until the test lets it go: its row says so, engine 1 still answers
+    release = tmp_path / "release"
+    busy = running.rc[0].apply_async(_wait_for, str(release), 60.0)
     try:
         running.rc[1].execute("%tracked -n late sleep 300", block=True)
         table = cluster.table(running.view, prime=0.0, timeout=0.5)
@@ -213,14 +234,22 @@ def test_an_engine_that_does_not_answer_is_reported_not_raised(running: RunningC
         assert {r.engine for r in table.rows} == {1}
         assert "engine 0: no answer" in repr(table)
     finally:
-        busy.get(10)
+        release.touch()
+        assert busy.get(30) is True
 
 
 @_remote
-def _sleep(seconds: float) -> None:
+def _wait_for(path: str, timeout: float) -> bool:
+    """Block until ``path`` exists (True) or ``timeout`` passes (False)."""
+    import os
     import time
 
-    time.sleep(seconds)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 @_remote
@@ -304,11 +333,16 @@ def test_the_cluster_load_notebook_runs_clean(tmp_path: Path) -> None:
 
     repo = Path(__file__).resolve().parents[1]
     output = tmp_path / "cluster_load.executed.ipynb"
+    # the notebook's cluster uses the default profile: give it one with quick heartbeats
+    profile = tmp_path / "ipython" / "profile_default"
+    profile.mkdir(parents=True)
+    (profile / "ipcontroller_config.py").write_text(
+        f"c.HeartMonitor.period = {QUICK_HEARTS.rsplit('=', 1)[1]}\n")
     run = subprocess.run(
         [sys.executable, str(repo / "scripts" / "run_demo.py"), "--notebook",
          str(repo / "notebooks" / "cluster_load.ipynb"), "--output", str(output)],
         capture_output=True, text=True, timeout=170, cwd=tmp_path,
-        env=dict(os.environ, TMPDIR=str(tmp_path)),
+        env=dict(os.environ, TMPDIR=str(tmp_path), IPYTHONDIR=str(profile.parent)),
     )
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
     out = run.stdout

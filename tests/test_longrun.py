@@ -28,7 +28,7 @@ MiB = 1 << 20
 #: Prints 1 MB (100-byte lines), then "done", then idles until it is replaced.
 BIG = (
     "%%tracked big --wait-output done --timeout 30\n"
-    "python3 -c 'import sys; sys.stdout.write((\"x\" * 99 + \"\\n\") * 10000 + \"done\\n\")'\n"
+    f"yes {'x' * 99} | head -n 10000; echo done\n"  # no Python start-up per run
     "exec sleep 1000\n"
 )
 

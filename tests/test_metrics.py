@@ -19,22 +19,27 @@ from ipyproctrack._engine.metrics import PANDAS_HINT
 
 MiB = 1 << 20
 
-# Four busy loops of 1.5 CPU seconds each (a tree: the sum is the whole tree's CPU, so a
+# Four busy loops of 0.5 CPU seconds each (a tree: the sum is the whole tree's CPU, so a
 # 2-core machine busy with other work still gives it more than half a core), then one
-# process holding 80 MiB.
+# process holding 80 MiB; sampled every 0.25 s, so that each phase spans a few samples.
 BUSY_THEN_BIG = textwrap.dedent(f"""\
     busy='import time
     t = time.process_time()
-    while time.process_time() - t < 1.5:
+    while time.process_time() - t < 0.5:
         pass'
     for i in 1 2 3 4; do {sys.executable} -c "$busy" & done
     wait
-    exec {sys.executable} -c 'import time; b = b"x" * (80 << 20); time.sleep(3)'
+    exec {sys.executable} -c 'import time; b = b"x" * (80 << 20); time.sleep(1.5)'
 """)
+INTERVAL = 0.25
 
 
 @pytest.mark.slow
-def test_busy_loop_then_80_mib_show_in_the_samples(tracker: Tracker) -> None:
+def test_busy_loop_then_80_mib_show_in_the_samples(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    tracker = Tracker(log_dir=tmp_path / "logs", metrics_interval=INTERVAL)
+    request.addfinalizer(tracker.close)
     proc = tracker.start(BUSY_THEN_BIG, name="busy")
     assert proc.wait(60) == 0
     assert until(proc.metrics_series.finished.is_set, 10)  # the empty tree was seen
@@ -46,7 +51,7 @@ def test_busy_loop_then_80_mib_show_in_the_samples(tracker: Tracker) -> None:
     times = [s.t for s in samples]
     assert times == sorted(times) and len(set(times)) == len(times)
     # a tree is sampled at most once per half interval (a rule, not a timing)
-    assert min(b - a for a, b in itertools.pairwise(times)) >= 0.5
+    assert min(b - a for a, b in itertools.pairwise(times)) >= INTERVAL / 2
     assert samples[-1].processes == 0  # kept after the exit, with the end marked
     assert proc.metrics() == samples
 
