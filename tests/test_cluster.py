@@ -87,7 +87,7 @@ class RunningCluster:
 
 def _descendants(pid: int | None = None) -> set[tuple[int, float]]:
     """(pid, create time) of this process's descendants, or of ``pid`` and its own."""
-    out = set()
+    out: set[tuple[int, float]] = set()
     try:
         top = psutil.Process(pid)
         found = [top, *top.children(recursive=True)] if pid is not None else top.children(
