@@ -322,6 +322,7 @@ def test_stop_cluster_leaves_nothing(shared_cluster: RunningCluster) -> None:
         assert "already gone" not in text and "STILL ALIVE" not in text, text
 
 
+@pytest.mark.notebook
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_the_cluster_load_notebook_runs_clean(tmp_path: Path) -> None:

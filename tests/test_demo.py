@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(180)
 
 
+@pytest.mark.notebook
 def test_demo_notebook_runs_clean(tmp_path: Path) -> None:
     output = tmp_path / "demo.executed.ipynb"
     run = subprocess.run(

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(240)
 
 
+@pytest.mark.notebook
 @pytest.mark.slow
 def test_load_experiment_notebook_runs_clean(tmp_path: Path) -> None:
     output = tmp_path / "load.executed.ipynb"

@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.timeout(240),
                                  reason="the lesson reads /proc and uses --max-memory")]
 
 
+@pytest.mark.notebook
 def test_the_lesson_runs_clean(tmp_path: Path) -> None:
     output = tmp_path / "teaching.executed.ipynb"
     run = subprocess.run(
