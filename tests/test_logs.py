@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -86,7 +87,12 @@ def test_the_kernel_end_record_never_follows_a_symlink(tracker: Tracker, tmp_pat
     assert _mode(tracker.log_dir / session.KERNEL_END_RECORD) == 0o600
 
 
-def test_directories_are_0700_and_logs_0600(tmp_path: Path) -> None:
+def test_directories_are_0700_and_logs_0600(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the default base is under the temporary directory: this test's, not /tmp
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     with Tracker(log_max_bytes=1000, log_backups=2) as default, \
             Tracker(log_dir=tmp_path / "new" / "logs") as configured:
         assert default.log_dir.parent == default_base()

@@ -145,7 +145,7 @@ def test_metrics_frame_without_pandas_names_the_extra(tmp_path: Path) -> None:
                 print("ImportError:", exc)
         """)
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, cwd=tmp_path, env=dict(os.environ))
+                         timeout=60, cwd=tmp_path, env=dict(os.environ, TMPDIR=str(tmp_path)))
     assert f"ImportError: {PANDAS_HINT}" in run.stdout, run.stderr
     assert "ipyproctrack[examples]" in PANDAS_HINT
 
