@@ -25,7 +25,8 @@ def test_demo_notebook_runs_clean(tmp_path: Path) -> None:
     output = tmp_path / "demo.executed.ipynb"
     run = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "run_demo.py"), "--output", str(output)],
-        capture_output=True, text=True, timeout=170, cwd=tmp_path, env=dict(os.environ),
+        capture_output=True, text=True, timeout=170, cwd=tmp_path,
+        env=dict(os.environ, TMPDIR=str(tmp_path)),  # its logs go to the test's directory
     )
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
     out = run.stdout

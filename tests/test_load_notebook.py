@@ -27,7 +27,7 @@ def test_load_experiment_notebook_runs_clean(tmp_path: Path) -> None:
          "--output", str(output)],
         capture_output=True, text=True, timeout=230, cwd=REPO,
         # 2 s steps, not 5: this checks that the notebook works, not what it measures
-        env={**os.environ, "LOAD_STEP_SECONDS": "2"},
+        env={**os.environ, "LOAD_STEP_SECONDS": "2", "TMPDIR": str(tmp_path)},
     )
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
     out = run.stdout

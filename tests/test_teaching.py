@@ -25,7 +25,8 @@ def test_the_lesson_runs_clean(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "run_demo.py"),
          str(REPO / "notebooks" / "teaching.ipynb"), "--output", str(output)],
-        capture_output=True, text=True, timeout=230, cwd=tmp_path, env=dict(os.environ),
+        capture_output=True, text=True, timeout=230, cwd=tmp_path,
+        env=dict(os.environ, TMPDIR=str(tmp_path)),  # its logs go to the test's directory
     )
     assert run.returncode == 0, f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}"
     out = run.stdout
