@@ -21,6 +21,7 @@ from typing import Protocol
 
 from .. import _platform as plat
 from .output import STDERR, OutputSink
+from .pumped import PumpFeed
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,41 @@ class _Pipe:
         self.roomy = roomy  # holds what a flood adds during a COALESCE pause
 
 
+class _Pumped:
+    """A keeper's pump followed through its socket (``pumped.py``)."""
+
+    __slots__ = ("done", "fd", "feed")
+
+    def __init__(self, feed: PumpFeed, done: Callable[[], None]) -> None:
+        self.feed = feed
+        self.fd = feed.fileno
+        self.done = done
+
+    def close(self) -> None:
+        try:
+            self.feed.read_back(force=True)
+            self.feed.close()
+        except OSError as exc:
+            log.warning("closing a pump's socket failed: %s", exc)
+        try:
+            self.done()
+        except Exception:  # the other sources must still be closed
+            log.exception("finishing a pump failed")
+
+
+def _read_back(lagging: set[_Pumped]) -> float | None:
+    """Let each pump's feed read back what is due; the seconds until the next one is."""
+    timeout = None
+    for pump in list(lagging):
+        pump.feed.read_back()
+        due = pump.feed.due()
+        if due is None:
+            lagging.discard(pump)
+        elif timeout is None or due < timeout:
+            timeout = due
+    return timeout
+
+
 class Drain:
     """Reads every pipe given to ``add`` until EOF, on a thread of its own (started on first
     use, ended by ``stop``). ``on_output`` is a cheap wake-up for displays, throttled to one
@@ -78,7 +114,7 @@ class Drain:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._wake_r = self._wake_w = -1
-        self._incoming: list[_Pipe] = []
+        self._incoming: list[_Pipe | _Pumped] = []
 
     def add(self, fd: int, stream: str, sink: OutputSink, done: Callable[[], None]) -> None:
         """Read ``fd`` into ``sink`` as ``stream`` until EOF, then close it and call
@@ -89,6 +125,15 @@ class Drain:
             if self._thread is None:
                 self._start()
             self._incoming.append(pipe)
+            self._wake()
+
+    def add_pump(self, feed: PumpFeed, done: Callable[[], None]) -> None:
+        """Follow a keeper's pump until both its streams end, then close its socket and
+        call ``done()`` (also when stop() ends the drain first)."""
+        with self._lock:
+            if self._thread is None:
+                self._start()
+            self._incoming.append(_Pumped(feed, done))
             self._wake()
 
     def _start(self) -> None:
@@ -124,7 +169,7 @@ class Drain:
     # --- the drain thread -------------------------------------------------------------------
     def _run(self) -> None:
         poller: _Poller = _EPOLL() if _EPOLL is not None else select.poll()
-        pipes: dict[int, _Pipe] = {}
+        pipes: dict[int, _Pipe | _Pumped] = {}
         try:
             poller.register(self._wake_r, select.POLLIN)
             self._serve(poller, pipes)
@@ -137,14 +182,18 @@ class Drain:
                 self._wake_r = self._wake_w = -1
                 pending, self._incoming = self._incoming, []
             for pipe in [*pipes.values(), *pending]:
-                self._close(poller, pipes, pipe)
+                if isinstance(pipe, _Pumped):
+                    pipes.pop(pipe.fd, None)
+                    pipe.close()
+                else:
+                    self._close(poller, pipes, pipe)
             poller_close = getattr(poller, "close", None)
             if poller_close is not None:
                 poller_close()
             for fd in wake:
                 os.close(fd)
 
-    def _serve(self, poller: _Poller, pipes: dict[int, _Pipe]) -> None:
+    def _serve(self, poller: _Poller, pipes: dict[int, _Pipe | _Pumped]) -> None:
         # The hot loop: per wait one poll() and, per readable pipe, its reads and feeds.
         wait = poller.poll
         scale = 1.0 if _EPOLL is not None else 1000.0  # epoll takes seconds, poll ms
@@ -153,19 +202,23 @@ class Drain:
         pending = False  # output arrived that on_output was not told about yet
         next_notify = 0.0
         timeout: float | None = None
+        lagging: set[_Pumped] = set()  # pumps with output not read back yet
         while not self._stopping:
             events = wait(timeout * scale if timeout is not None else -1)
             got = False
             pause = True  # every pipe that had output can hold a flood's pause
             for fd, _ in events:
                 pipe = pipes.get(fd)
-                if pipe is not None:
+                if isinstance(pipe, _Pumped):
+                    got = self._follow(poller, pipes, pipe, lagging) or got
+                    pause = False  # the keeper reads that flood, not us
+                elif pipe is not None:
                     if self._read(poller, pipes, pipe):
                         got = True
                         pause = pause and pipe.roomy
                 elif fd == wake_fd:
                     self._take_incoming(poller, pipes)
-            timeout = None
+            timeout = _read_back(lagging)
             if got:
                 pending = on_output is not None
                 if pause:
@@ -177,9 +230,24 @@ class Drain:
                     next_notify = now + NOTIFY_INTERVAL
                     on_output()
                 else:
-                    timeout = next_notify - now
+                    timeout = min(timeout, next_notify - now) if timeout is not None \
+                        else next_notify - now
 
-    def _read(self, poller: _Poller, pipes: dict[int, _Pipe],
+    @staticmethod
+    def _follow(poller: _Poller, pipes: dict[int, _Pipe | _Pumped], pump: _Pumped,
+                lagging: set[_Pumped]) -> bool:
+        """Take a pump's messages; whether output came. An ended pump is closed."""
+        came, ended = pump.feed.on_readable()
+        if ended:
+            del pipes[pump.fd]
+            poller.unregister(pump.fd)
+            lagging.discard(pump)
+            pump.close()
+        else:
+            lagging.add(pump)
+        return came
+
+    def _read(self, poller: _Poller, pipes: dict[int, _Pipe | _Pumped],
               pipe: _Pipe) -> bool:
         """Read what ``pipe`` holds (up to FAIR_SHARE); whether any output came."""
         fd, feed, stream = pipe.fd, pipe.sink.feed, pipe.stream
@@ -204,7 +272,7 @@ class Drain:
             return True
 
     def _take_incoming(self, poller: _Poller,
-                       pipes: dict[int, _Pipe]) -> None:
+                       pipes: dict[int, _Pipe | _Pumped]) -> None:
         with contextlib.suppress(BlockingIOError):
             while os.read(self._wake_r, 512):
                 pass
@@ -215,12 +283,15 @@ class Drain:
             try:
                 poller.register(pipe.fd, select.POLLIN)
             except OSError as exc:  # not a pipe we can wait on: say so, and let it go
-                log.warning("cannot watch %s's pipe: %s", pipe.stream, exc)
+                log.warning("cannot watch a pipe or pump: %s", exc)
                 pipes.pop(pipe.fd)
-                self._close(poller, pipes, pipe)
+                if isinstance(pipe, _Pumped):
+                    pipe.close()
+                else:
+                    self._close(poller, pipes, pipe)
 
     @staticmethod
-    def _close(poller: _Poller, pipes: dict[int, _Pipe], pipe: _Pipe) -> None:
+    def _close(poller: _Poller, pipes: dict[int, _Pipe | _Pumped], pipe: _Pipe) -> None:
         """Forget ``pipe`` before closing it: its number may be reused at once."""
         if pipes.pop(pipe.fd, None) is not None:
             try:

@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import _platform as plat
-from .._keeper.client import KeeperProcess, Zygote, spawn_kept
+from .._keeper.client import KeeperProcess, KeptProcess, Zygote, spawn_kept
 from .._proc.identity import ProcId, create_time_from_start
 from .._proc.scan import get_record
 from ..errors import LaunchError
@@ -135,6 +136,16 @@ class Root:
     helpers: tuple[ProcId, ...] = ()  # our keeper: never signalled or reported
     status_fd: int | None = None  # the keeper's status pipe (POSIX)
     container: plat.Containment | None = None  # Windows: a kill-on-close Job Object
+    # Linux: the keeper reads the pipes and writes the log (its pump); out_fd and err_fd
+    # are then -1, and this socket says where the output went (``pumped.py``)
+    pump: socket.socket | None = None
+
+
+def keeper_drains() -> bool:
+    """Whether the keepers write the logs (Linux: ``_keeper/pump.py``), unless
+    ``IPYPROCTRACK_KEEPER_DRAIN=0`` keeps the drain in this process."""
+    return (plat.IS_LINUX and plat.USE_KEEPER
+            and os.environ.get("IPYPROCTRACK_KEEPER_DRAIN", "1") != "0")
 
 
 def spawn_root(
@@ -161,19 +172,15 @@ def spawn_root(
         raise LaunchError("max_memory and max_runtime need the keeper (POSIX only)")
     if max_memory and not plat.HAS_PROCFS:
         raise LaunchError("max_memory needs /proc (Linux) to measure the tree's RSS")
-    try:
-        out_r, out_w = os.pipe()
-    except OSError as exc:
-        raise LaunchError(_launch_failure(argv[0], exc)) from None
-    try:
-        err_r, err_w = os.pipe()
-    except OSError as exc:
-        os.close(out_r)
-        os.close(out_w)
-        raise LaunchError(_launch_failure(argv[0], exc)) from None
+    out_r, out_w, err_r, err_w = _pipes(argv[0])
     kept = None
+    ours = theirs = None
     try:
         if plat.USE_KEEPER:
+            pump: tuple[int, ...] = ()
+            if keeper_drains():
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                pump = (out_r, err_r, theirs.fileno())
             # The keeper is the command's parent: a subreaper (Linux) and a watchdog that
             # tears the tree down if this process dies without running any Python.
             kept = spawn_kept(
@@ -181,7 +188,7 @@ def spawn_root(
                 lifeline_fd=lifeline(), grace=keeper_grace,
                 subreaper=plat.HAS_SUBREAPER, tag=tag, session=session,
                 name=name, record=record, max_memory=max_memory, max_runtime=max_runtime,
-                zygote=zygote,
+                zygote=zygote, pump=pump,
             )
             popen = kept.keeper
         else:
@@ -192,27 +199,54 @@ def spawn_root(
     except (OSError, LaunchError) as exc:
         for fd in (out_r, err_r):
             os.close(fd)
+        if ours is not None:
+            ours.close()
         if isinstance(exc, LaunchError):
             raise
         raise LaunchError(_launch_failure(argv[0], exc)) from None
     finally:
         os.close(out_w)
         os.close(err_w)
+        if theirs is not None:
+            theirs.close()
+    if ours is not None:  # the keeper reads the pipes now: ours would only keep them open
+        os.close(out_r)
+        os.close(err_r)
+        out_r = err_r = -1
     if kept is not None:
-        # The keeper read the start time before anyone could reap the command, so it
-        # cannot belong to a recycled pid; a fresh read is only the fallback.
-        ctime = create_time_from_start(kept.start_time)
-        if ctime is None:
-            ctime = _create_time(kept.pid)
-        keeper_rec = get_record(popen.pid)
-        keeper = ProcId(popen.pid, keeper_rec.create_time if keeper_rec else 0.0)
-        log.debug("launched %s: pid %d under keeper %d", tag, kept.pid, keeper.pid)
-        return Root(popen, kept.pid, ctime, out_r, err_r, helpers=(keeper,),
-                    status_fd=kept.status_fd)
+        return _kept_root(kept, tag, out_r, err_r, ours)
     container = plat.contain(popen.pid)
     log.debug("launched %s: pid %d", tag, popen.pid)
     # Not reaped yet, so the pid cannot have been reused.
     return Root(popen, popen.pid, _create_time(popen.pid), out_r, err_r, container=container)
+
+
+def _pipes(program: str) -> tuple[int, int, int, int]:
+    """Two new pipes for stdout and stderr: (out_r, out_w, err_r, err_w)."""
+    fds: list[int] = []
+    try:
+        for _ in range(2):
+            fds.extend(os.pipe())
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        raise LaunchError(_launch_failure(program, exc)) from None
+    return fds[0], fds[1], fds[2], fds[3]
+
+
+def _kept_root(kept: KeptProcess, tag: str, out_r: int, err_r: int,
+               pump: socket.socket | None) -> Root:
+    # The keeper read the start time before anyone could reap the command, so it cannot
+    # belong to a recycled pid; a fresh read is only the fallback.
+    ctime = create_time_from_start(kept.start_time)
+    if ctime is None:
+        ctime = _create_time(kept.pid)
+    popen = kept.keeper
+    keeper_rec = get_record(popen.pid)
+    keeper = ProcId(popen.pid, keeper_rec.create_time if keeper_rec else 0.0)
+    log.debug("launched %s: pid %d under keeper %d", tag, kept.pid, keeper.pid)
+    return Root(popen, kept.pid, ctime, out_r, err_r, helpers=(keeper,),
+                status_fd=kept.status_fd, pump=pump)
 
 
 def _create_time(pid: int) -> float:

@@ -162,17 +162,78 @@ class RotatingLog:
         self._limit = min(caps) if caps else 0
         self._rotate_soon = False
         self._checked_at = time.monotonic()
+        self.handed = False  # a keeper's pump appends to the files (pumped.py)
+        self._opened = 0  # files opened so far: the pump is handed each new one
         self._fd = self._open(exclusive=False)
         self._size = os.fstat(self._fd).st_size if self._fd >= 0 else 0
         if budget is not None and self._fd >= 0:
             budget.add(self)
 
     def _open(self, *, exclusive: bool) -> int:
+        self._opened += 1
         try:
             return open_private(self.path, append=True, exclusive=exclusive)
         except OSError as exc:
             self._fail(exc)
             return -1
+
+    # --- when a keeper's pump writes (pumped.py): the rules stay here, the bytes go there ---
+    @property
+    def fd(self) -> int:
+        """The current file's descriptor, -1 when there is no log."""
+        return self._fd
+
+    def reserve(self, nbytes: int) -> None:
+        """Charge the budget for ``nbytes`` the pump may write next (before it does)."""
+        if self._budget is not None and nbytes > 0:
+            try:
+                self._budget.charge(self, nbytes)
+            except OSError as exc:
+                self._fail(exc)
+
+    def unreserve(self, nbytes: int) -> None:
+        """Give back to the budget what was reserved and not written."""
+        if self._budget is not None and nbytes > 0:
+            self._budget.release(nbytes)
+
+    def account(self, nbytes: int) -> bool:
+        """The pump appended ``nbytes`` (reserved before) to the current file: keep the
+        rules (rotation, a deleted file). True when the file changed or is gone: the pump
+        must be handed ``fd``."""
+        if self._fd < 0:
+            return False
+        opened = self._opened
+        try:
+            self._size += nbytes
+            if self._rotate_soon or (self._limit > 0 and self._size >= self._limit):
+                self._rotate()
+            else:
+                now = time.monotonic()
+                if now - self._checked_at >= _RECHECK_SECONDS:
+                    self._checked_at = now
+                    self._check_still_there()
+        except OSError as exc:
+            self._fail(exc)
+            self._close_fd()
+        return self._opened != opened or self._fd < 0
+
+    def room(self) -> int:
+        """Bytes the current file may take before it rotates (0: no limit); a full one is
+        rotated first."""
+        if self._limit <= 0:
+            return 0
+        if self._fd >= 0 and (self._rotate_soon or self._size >= self._limit):
+            try:
+                self._rotate()
+            except OSError as exc:
+                self._fail(exc)
+                self._close_fd()
+        return max(self._limit - self._size, 1)
+
+    def pump_failed(self, errno_: int) -> None:
+        """The pump could not write (``errno_``): no log from here on."""
+        self._fail(OSError(errno_, os.strerror(errno_)))
+        self._close_fd()
 
     def _fail(self, exc: OSError) -> None:
         if self.error is None:
@@ -217,7 +278,12 @@ class RotatingLog:
         self._rotate_soon = True
 
     def start_over(self) -> int:
-        """Empty the current file (the budget's last resort); the bytes freed."""
+        """Empty the current file (the budget's last resort); the bytes freed. A file a
+        pump appends to is rotated at its next report instead: emptied under its writer,
+        it would no longer hold the bytes where the reader looks for them."""
+        if self.handed:
+            self._rotate_soon = True
+            return 0
         if self._fd < 0:
             return 0
         freed, self._size = self._size, 0

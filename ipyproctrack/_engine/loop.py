@@ -22,6 +22,7 @@ from .._keeper.protocol import read_status_events
 from .drain import READ_SIZE, Drain
 from .launch import Root
 from .output import STDERR, STDOUT, OutputSink
+from .pumped import PumpFeed
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +61,20 @@ class Loop:
         drained: threading.Event,
         on_event: Callable[[dict[str, object]], None] | None = None,
     ) -> None:
-        """Drain ``root``'s pipes into ``sink`` and report its exit code to ``on_exit``
-        (on the loop thread); ``drained`` is set once both pipes are closed and every byte
-        is in the sink (the exit is reported apart: waiting for the keeper to exit too
-        would add 10-30 ms to the end of every output). ``on_event`` gets the keeper's
-        other status events (``limit_exceeded``)."""
-        finish = _Finish(sink, drained)
-        if plat.ASYNC_PIPES:
+        """Drain ``root``'s pipes (or follow its keeper's pump) into ``sink`` and report
+        its exit code to ``on_exit`` (on the loop thread); ``drained`` is set once both
+        pipes are closed and every byte is in the sink (the exit is reported apart:
+        waiting for the keeper to exit too would add 10-30 ms to the end of every output).
+        ``on_event`` gets the keeper's other status events (``limit_exceeded``)."""
+        if root.pump is not None:  # the keeper reads the pipes and writes the log
+            self._drain.add_pump(PumpFeed(root.pump, sink),
+                                 _Finish(sink, drained, parts=1).part_done)
+        elif plat.ASYNC_PIPES:
+            finish = _Finish(sink, drained)
             self._drain.add(root.out_fd, STDOUT, sink, finish.part_done)
             self._drain.add(root.err_fd, STDERR, sink, finish.part_done)
         else:
+            finish = _Finish(sink, drained)
             for fd, stream in ((root.out_fd, STDOUT), (root.err_fd, STDERR)):
                 self.run_soon(partial(_drain_threaded, sink, fd, stream, self._on_output,
                                       finish.part_done))
@@ -91,10 +96,10 @@ class _Finish:
     """Closes a sink and sets its ``drained`` event once both its pipes are done,
     whichever thread finishes last."""
 
-    def __init__(self, sink: OutputSink, drained: threading.Event) -> None:
+    def __init__(self, sink: OutputSink, drained: threading.Event, *, parts: int = 2) -> None:
         self._sink = sink
         self._drained = drained
-        self._left = 2
+        self._left = parts
         self._lock = threading.Lock()
 
     def part_done(self) -> None:

@@ -123,6 +123,22 @@ class OutputSink:
         # subscriber list unless there are subscribers. Displays are woken by the drain
         # (throttled), not here.
         self.log.write(data)
+        self.take(stream, data)
+
+    @property
+    def wants_every_byte(self) -> bool:
+        """Whether a subscriber (a readiness check among them) must see every byte; else
+        the tail needs only the last ``tail_bytes``."""
+        return bool(self._subscribers)
+
+    def skip(self, nbytes: int) -> None:
+        """Count bytes that went to the log only (a keeper's pump flooded past the tail)."""
+        with self._lock:
+            self.bytes_received += nbytes
+            self.version += 1
+
+    def take(self, stream: str, data: bytes) -> None:
+        """``feed`` without the log: for bytes a keeper's pump has already written."""
         size = len(data)
         with self._lock:
             if self._keep_tail:

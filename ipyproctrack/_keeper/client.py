@@ -136,9 +136,10 @@ class Zygote:
 
     def spawn(self, config: Mapping[str, object], *, program: str, cwd: str,
               env: Mapping[str, str], stdout: int, stderr: int,
-              status_w: int) -> ClonedKeeper | None:
-        """A keeper cloned for ``config``, with the command's stdout and stderr and the
-        status pipe's write end; None when the zygote cannot do it."""
+              status_w: int, pump: Sequence[int] = ()) -> ClonedKeeper | None:
+        """A keeper cloned for ``config``, with the command's stdout and stderr, the
+        status pipe's write end and ``pump``'s descriptors (the pipes' read ends and a
+        socket: ``pump.py``); None when the zygote cannot do it."""
         if not self._usable or os.getpid() != self._owner:
             return None
         from .zygote import ARG_ROOM, ENV_ROOM
@@ -158,8 +159,8 @@ class Zygote:
             try:
                 self._sock.sendmsg(
                     [request.encode("utf-8", "surrogateescape")],
-                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [stdout, stderr,
-                                                                        status_w]))])
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                      array("i", [stdout, stderr, status_w, *pump]))])
                 reply = self._sock.recv(64).decode("ascii", "replace")
             except OSError as exc:
                 reply = str(exc)
@@ -340,6 +341,7 @@ def spawn_kept(
     max_runtime: float = 0.0,
     start_timeout: float = 10.0,
     zygote: Zygote | None = None,
+    pump: Sequence[int] = (),
 ) -> KeptProcess:
     """Start ``argv`` under a new keeper; block until the command has started.
 
@@ -349,7 +351,8 @@ def spawn_kept(
     ``record``: the file the keeper appends its report to if it tears down because the
     kernel is gone (the kernel-end record; ``name`` labels it). ``max_memory`` (bytes of
     the tree's RSS) and ``max_runtime`` (seconds), when > 0, are held by the keeper.
-    ``zygote``: clone the keeper from it when it can (``zygote.py``).
+    ``zygote``: clone the keeper from it when it can (``zygote.py``). ``pump``: the read
+    ends of stdout and stderr and a socket, for the keeper to write the log (``pump.py``).
     """
     args = [os.fspath(a) for a in argv]
     if not args or not args[0]:
@@ -373,10 +376,12 @@ def spawn_kept(
     keeper: KeeperProcess | None = None
     if zygote is not None and stdout >= 0 and stderr >= 0 and os.path.isdir(cwd):
         keeper = zygote.spawn(config, program=args[0], cwd=cwd, env=env, stdout=stdout,
-                              stderr=stderr, status_w=status_w)
+                              stderr=stderr, status_w=status_w, pump=pump)
     if keeper is not None:
         os.close(status_w)
         return _await_started(keeper, status_r, args[0], start_timeout)
+    if pump:
+        config["pump"] = list(pump)
     try:
         keeper = subprocess.Popen(
             keeper_argv(config),
@@ -385,7 +390,7 @@ def spawn_kept(
             stderr=stderr,
             cwd=cwd,
             env=dict(env),
-            pass_fds=tuple(fd for fd in (lifeline_fd, status_w) if fd >= 0),
+            pass_fds=tuple(fd for fd in (lifeline_fd, status_w, *pump) if fd >= 0),
             start_new_session=True,
         )
     except OSError as exc:

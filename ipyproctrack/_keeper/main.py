@@ -44,6 +44,7 @@ import errno
 import os
 import select
 import sys
+import threading
 import time
 
 from .. import _platform as plat
@@ -57,6 +58,7 @@ from .protocol import encode_event, read_config
 __all__ = ("Keeper", "main")
 
 _WATCH_MS = 1000  # how often the loop looks at the kernel without a wake-up
+PUMP_LINGER = 5.0  # s the keeper waits, at its end, for its pump to read the pipes' end
 _IGNORED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 # Python ignores SIGPIPE and SIGXFSZ; the command must get every one of these at default.
 _RESET_IN_CHILD = tuple(
@@ -139,6 +141,10 @@ class Keeper:
         self.gone_reason = ""
         self.is_subreaper = False  # orphans re-parent to us (set by run())
         self.tagged_seen: list[ProcId] = []  # tagged escapees seen by the last look
+        pump = config.get("pump")  # [stdout, stderr, socket]: the pump's (pump.py)
+        self.pump_fds = [int(fd) for fd in pump] if isinstance(pump, list) and len(pump) == 3 \
+            else []
+        self.pump_thread: threading.Thread | None = None
 
     # status pipe
 
@@ -153,7 +159,7 @@ class Keeper:
     # set-up
 
     def _own_fds(self) -> None:
-        """The command must not inherit the lifeline or the status pipe."""
+        """The command must not inherit the lifeline, the status pipe or the pump's ends."""
         for attr in ("lifeline_fd", "status_fd"):
             fd = getattr(self, attr)
             if fd < 0:
@@ -162,6 +168,34 @@ class Keeper:
                 os.set_inheritable(fd, False)
             except OSError:  # not open: behave as if none was given
                 setattr(self, attr, -1)
+        try:
+            for fd in self.pump_fds:
+                os.set_inheritable(fd, False)
+        except OSError:
+            self.pump_fds = []
+
+    def _start_pump(self) -> None:
+        if not self.pump_fds:
+            return
+        from .pump import Pump
+
+        pump = Pump(*self.pump_fds)
+
+        def run() -> None:
+            try:
+                pump.run()
+            except Exception as exc:  # the output is lost from here on: say so
+                self.emit({"event": "keeper_error",
+                           "message": f"pump: {type(exc).__name__}: {exc}"})
+
+        self.pump_thread = threading.Thread(target=run, daemon=True)
+        self.pump_thread.start()
+
+    def _finish_pump(self) -> None:
+        """Let the pump take in the last output: the command's tree is gone, so its pipes
+        end at once, unless something outside the tree holds them."""
+        if self.pump_thread is not None:
+            self.pump_thread.join(PUMP_LINGER)
 
     def _watch_kernel(self) -> bool:
         """Start watching the kernel. False when it is already gone."""
@@ -300,12 +334,15 @@ class Keeper:
             {"event": "started", "pid": self.main_pid, "start_time": start, "subreaper": subreaper}
         )
         _detach_stdio()
+        self._start_pump()
         try:
             return self._loop()
         except Exception as exc:  # a keeper bug must not leave the command unkept
             self.emit({"event": "keeper_error", "message": f"{type(exc).__name__}: {exc}"})
             self.teardown()
             return self.exit_status()
+        finally:
+            self._finish_pump()
 
     def _loop(self) -> int:
         poller = select.poll()

@@ -8,7 +8,9 @@ Config (one argument): argv (repeated, in order), lifeline_fd, status_fd, kernel
 kernel_start (its start in seconds since boot; 0.0 unknown: no identity check), grace,
 subreaper, tag, session, name (the tracked name, for reports), record (a file the keeper
 appends its teardown report to when the kernel is gone; empty: none), max_memory (bytes
-of the whole tree's RSS; 0: no limit), max_runtime (seconds of wall-clock time; 0: none).
+of the whole tree's RSS; 0: no limit), max_runtime (seconds of wall-clock time; 0: none),
+pump (three descriptors, repeated: the read ends of stdout and stderr and a socket; the
+keeper then writes the log: ``pump.py``).
 
 Status events, one record per line on ``status_fd``:
     event=started pid=<command pid> start_time=<s since boot, 0.0 unknown> subreaper=<bool>
@@ -49,6 +51,7 @@ CONFIG_FIELDS: dict[str, type] = {
     "record": str,
     "max_memory": int,
     "max_runtime": float,
+    "pump": list,
 }
 # A launch request to the zygote (``zygote.py``): the config, the working directory, the
 # environment (one "KEY=value" item per variable), the umask and the resource limits (one

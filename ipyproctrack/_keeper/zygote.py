@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 __all__ = ("ARG_ROOM", "ENV_ROOM", "PAD_VARIABLE", "serve")
 
 MAX_REQUEST = 1 << 20  # a config with its environment: kilobytes
-_FDS = 3  # stdout, stderr, status pipe
+_FDS = (3, 6)  # stdout, stderr, status pipe (and the pump's stdout, stderr, socket)
 # The zygote starts with this much room in its argument and environment areas (a padding
 # argument, and PAD_VARIABLE): each clone writes its keeper's command line and its
 # command's environment there (``_platform.show_as``), so that /proc shows a clone as it
@@ -54,7 +54,7 @@ _KEEPER_MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "__main_
 
 def _receive(sock: _socket.socket) -> tuple[bytes, list[int]]:
     """One request and its descriptors; (b"", []) at EOF."""
-    space = _socket.CMSG_SPACE(_FDS * 4)
+    space = _socket.CMSG_SPACE(max(_FDS) * 4)
     data, ancdata, _flags, _addr = sock.recvmsg(MAX_REQUEST, space)
     fds: list[int] = []
     for level, kind, payload in ancdata:
@@ -68,7 +68,7 @@ def _receive(sock: _socket.socket) -> tuple[bytes, list[int]]:
 def _become_keeper(request: Record, fds: list[int], sock_fd: int, lifeline_fd: int) -> int:
     """In the clone: take the launch's stdio, session, directory and environment, then
     run the keeper. Returns its exit status."""
-    out, err, status = fds
+    out, err, status, *pump = fds
     os.close(sock_fd)
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
@@ -89,6 +89,8 @@ def _become_keeper(request: Record, fds: list[int], sock_fd: int, lifeline_fd: i
     umask = request.pop("umask", -1)
     limits = request.pop("rlimits", [])
     config = dict(request, status_fd=status, lifeline_fd=lifeline_fd)
+    if pump:
+        config["pump"] = pump
     plat.show_as([sys.executable, "-I", "-S", _KEEPER_MAIN, config_arg(config) + "\tpad="],
                  [*env, CLONE_ROOM + "="])
     if isinstance(umask, int) and umask >= 0:
@@ -138,8 +140,8 @@ def serve(sock_fd: int, lifeline_fd: int) -> int:
             return 1
         if not data:
             return 0
-        reply = b"error=22"  # EINVAL: a request without its three descriptors
-        if len(fds) == _FDS:
+        reply = b"error=22"  # EINVAL: a request without its three (or six) descriptors
+        if len(fds) in _FDS:
             try:
                 pid = plat.clone_sibling()
             except OSError as exc:

@@ -1,0 +1,206 @@
+"""The keeper's pump (Linux): the command's stdout and stderr go into the log file the kernel
+hands over, and the kernel hears where each stream's bytes went.
+
+The kernel keeps every rule about log files (``_engine/logfiles.py``): it names, opens,
+rotates and budgets them and hands this loop each new file's descriptor; it reads the bytes
+back from the files, only as far as someone needs them. So a flood costs the kernel next to
+nothing, and this loop is the plain loop: a blocking wait, ``os.read``, ``os.write``.
+Without a file (the kernel could not open one, or writing failed) the bytes travel inside
+the messages instead, and a slow kernel then slows the command, as a pipe would.
+
+One message per SOCK_SEQPACKET packet. Keeper to kernel:
+
+- ``P<s><end>``: every byte up to the stream offset ``end`` (ASCII) is in the files; the
+  ones since the previous ``P`` are stream ``s`` (``o`` stdout, ``e`` stderr);
+- ``D<s><bytes>``: bytes of stream ``s`` that are in no file;
+- ``S<offset>``: the bytes from ``offset`` on go to the file handed over last;
+- ``W<errno>``: writing the file failed; the bytes come inside ``D`` from now on;
+- ``X<s>``: stream ``s`` reached its end.
+
+Kernel to keeper: ``F<room>`` with one descriptor (``SCM_RIGHTS``): write to this file
+from now on, at most ``room`` bytes; ``R<more>``: that many more bytes into the same file;
+``N``: no file, send the bytes inside the messages. The kernel grants room a piece at a
+time, charged to the log budget before it is written, and a file's last piece ends where
+``RotatingLog`` would rotate it: the log rotates exactly there, the budget is never passed,
+and the pump waits only when the kernel has fallen a whole piece behind.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import select
+import socket
+
+READ_SIZE = 1 << 16
+# Without a stream switch, the kernel hears of the bytes at least once per this many, and
+# before the pump waits for more: a flood costs it one message per 256 KiB, and the log
+# budget (charged when the kernel hears of the bytes) is passed by that much at most.
+REPORT_EVERY = 1 << 18
+STREAMS = (b"o", b"e")
+
+
+def _recv_fd(sock: socket.socket) -> tuple[bytes, int]:
+    """One message, and the descriptor it carries (-1 if none)."""
+    data, ancdata, _, _ = sock.recvmsg(64, socket.CMSG_SPACE(array.array("i").itemsize * 4))
+    fd = -1
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds = array.array("i")
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+            for extra in fds[1:]:
+                os.close(extra)
+            if fds:
+                fd = fds[0]
+    return data, fd
+
+
+class Pump:
+    """Reads ``out_fd`` and ``err_fd`` to their end (``run``, on a thread of the keeper)."""
+
+    def __init__(self, out_fd: int, err_fd: int, sock_fd: int) -> None:
+        self.pipes = {out_fd: STREAMS[0], err_fd: STREAMS[1]}
+        self.sock = socket.socket(fileno=sock_fd)
+        self.file = -1
+        self.room = -1  # bytes the kernel lets us write to the file (-1: no limit)
+        self.total = 0  # bytes of both streams so far
+        self.reported = 0  # of which the kernel has heard
+        self.stream = b""  # the stream of the bytes since ``reported``
+        self.kernel_gone = False
+
+    # --- messages ---------------------------------------------------------------------------
+    def _send(self, message: bytes) -> None:
+        if self.kernel_gone:
+            return
+        try:
+            self.sock.send(message)
+        except OSError:  # the kernel is gone: the log still gets every byte
+            self.kernel_gone = True
+
+    def _report(self) -> None:
+        if self.total > self.reported:
+            self._send(b"P" + self.stream + str(self.total).encode())
+            self.reported = self.total
+
+    def _take(self, *, block: bool) -> bool:
+        """Take the kernel's messages (a new file, or none); False once the kernel is gone."""
+        self.sock.setblocking(block)
+        try:
+            while True:
+                try:
+                    data, fd = _recv_fd(self.sock)
+                except BlockingIOError:
+                    return True
+                if not data:
+                    self.kernel_gone = True
+                    if fd >= 0:
+                        os.close(fd)
+                    return False
+                if data[:1] == b"R":
+                    if fd >= 0:
+                        os.close(fd)
+                    if self.room >= 0:
+                        self.room += int(data[1:])
+                    self.sock.setblocking(False)
+                    continue
+                self._report()  # the bytes before the switch are in the old file
+                if self.file >= 0:
+                    os.close(self.file)
+                self.file = fd if data[:1] == b"F" else -1
+                if self.file >= 0:
+                    self.room = int(data[1:])
+                    self._send(b"S" + str(self.total).encode())
+                self.sock.setblocking(False)
+        except OSError:
+            self.kernel_gone = True
+            return False
+        finally:
+            self.sock.setblocking(True)
+
+    # --- the loop ---------------------------------------------------------------------------
+    def _write(self, stream: bytes, data: bytes) -> None:
+        if stream != self.stream:
+            self._report()
+            self.stream = stream
+        while self.file >= 0 and 0 <= self.room < len(data):  # fills this file: next one
+            part, data = data[: self.room], data[self.room :]
+            self._write_file(part)
+            if self.file >= 0:  # out of room: wait for more, or for the next file
+                self._report()
+                full = self.file
+                while self.file == full and self.room == 0 and self._take(block=True):
+                    pass
+                if self.kernel_gone:  # nobody grants room or rotates from here on
+                    self.room = -1
+        self._write_file(data)
+
+    def _write_file(self, data: bytes) -> None:
+        if self.file >= 0:
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(self.file, view) :]
+            except OSError as exc:
+                written = len(data) - len(view)
+                self.total += written
+                self._report()
+                self._send(b"W" + str(exc.errno or 5).encode())  # EIO when unknown
+                os.close(self.file)
+                self.file = -1
+                data = bytes(view)
+            else:
+                self.total += len(data)
+                if self.room > 0:
+                    self.room -= len(data)
+                if self.total - self.reported >= REPORT_EVERY:
+                    self._report()
+                return
+        self._report()
+        for start in range(0, len(data), READ_SIZE):
+            self._send(b"D" + self.stream + data[start : start + READ_SIZE])
+        self.total += len(data)
+        self.reported = self.total
+
+    def run(self) -> None:
+        """Pump until both pipes reach their end; then tell the kernel and close everything."""
+        self._take(block=True)  # the first file (or none): nothing is read before it
+        poller = select.poll()
+        for fd in self.pipes:
+            os.set_blocking(fd, False)
+            poller.register(fd, select.POLLIN)
+        sock_fd = self.sock.fileno()
+        poller.register(sock_fd, select.POLLIN)
+        try:
+            while self.pipes:
+                events = poller.poll(0)
+                if not events:  # caught up: the kernel hears of everything before we wait
+                    self._report()
+                    events = poller.poll()
+                for fd, _ in events:
+                    if fd == sock_fd:
+                        if not self._take(block=False):
+                            poller.unregister(sock_fd)
+                        continue
+                    stream = self.pipes.get(fd)
+                    if stream is None:
+                        continue
+                    try:
+                        data = os.read(fd, READ_SIZE)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    if data:
+                        self._write(stream, data)
+                        continue
+                    poller.unregister(fd)
+                    del self.pipes[fd]
+                    os.close(fd)
+                    self._report()
+                    self._send(b"X" + stream)
+        finally:
+            for fd in self.pipes:
+                os.close(fd)
+            if self.file >= 0:
+                os.close(self.file)
+            self.sock.close()
