@@ -87,7 +87,11 @@ def test_draining_while_caller_sleeps(tracker: Tracker) -> None:
     proc.stop(grace=0.5)
 
 
-def test_nothing_lost_with_rotation(tmp_path: Path) -> None:
+@pytest.mark.parametrize("keeper_drain", ["1", "0"], ids=["keeper-pump", "kernel-drain"])
+def test_nothing_lost_with_rotation(
+    keeper_drain: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IPYPROCTRACK_KEEPER_DRAIN", keeper_drain)
     size = 200 * 2**20
     code = (
         "import sys, hashlib\n"

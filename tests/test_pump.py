@@ -1,0 +1,98 @@
+"""The keepers write the logs (Linux: ``_keeper/pump.py``, ``_engine/pumped.py``): every byte
+in order through rotation, the streams apart, every byte for a subscriber, and the end
+noticed when the keeper dies; ``IPYPROCTRACK_KEEPER_DRAIN=0`` keeps the kernel-side drain."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from _procs import until
+
+from ipyproctrack import OutputChunk, Tracker
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux pumps")
+
+PY = sys.executable
+LINE = b"a line of 64 bytes from the pump test, some text to read back!!\n"
+
+
+def test_launches_are_pumped_unless_turned_off(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    with Tracker(log_dir=tmp_path / "a") as t:
+        proc = t.start("echo hi", name="a")
+        assert proc._root.pump is not None and proc._root.out_fd == -1
+        assert proc.wait(10) == 0 and proc.wait_output_done(10)
+        assert proc.tail() == "hi\n" and proc.log_path.read_text() == "hi\n"
+    monkeypatch.setenv("IPYPROCTRACK_KEEPER_DRAIN", "0")
+    with Tracker(log_dir=tmp_path / "b") as t:
+        proc = t.start("echo hi", name="b")
+        assert proc._root.pump is None and proc._root.out_fd >= 0
+        assert proc.wait(10) == 0 and proc.wait_output_done(10)
+        assert proc.tail() == "hi\n" and proc.log_path.read_text() == "hi\n"
+
+
+def test_a_subscriber_gets_every_byte_through_rotation(tmp_path: Path) -> None:
+    size = (48 << 20) - 1000
+    digest = hashlib.sha256()
+    got = 0
+    streams: set[str] = set()
+    lock = threading.Lock()
+
+    def on_output(chunks: list[OutputChunk]) -> None:
+        nonlocal got
+        with lock:
+            for chunk in chunks:
+                streams.add(chunk.stream)
+                digest.update(chunk.data)
+                got += len(chunk.data)
+
+    go = tmp_path / "go"
+    with Tracker(log_dir=tmp_path / "logs", log_max_bytes=4 << 20, log_backups=2) as t:
+        proc = t.start(f"until [ -e {go} ]; do sleep 0.01; done\n"
+                       f"yes '{LINE.decode().rstrip()}' | head -c {size}", name="flood")
+        proc.subscribe(on_output)
+        go.touch()  # the flood starts once the subscriber is there
+        assert proc.wait(60) == 0 and proc.wait_output_done(60)
+        assert until(lambda: got == size, 30), got
+        files = proc.log_files()
+    assert streams == {"stdout"}  # no "dropped" notice: the subscriber kept up
+    expected = hashlib.sha256((LINE * (size // len(LINE) + 1))[:size])
+    assert digest.hexdigest() == expected.hexdigest()
+    assert [f.stat().st_size for f in files] == [4 << 20, 4 << 20, (4 << 20) - 1000]  # exact
+    kept = b"".join(f.read_bytes() for f in files)
+    assert kept == (LINE * (size // len(LINE) + 1))[:size][-len(kept):]
+
+
+def test_streams_stay_apart(tmp_path: Path) -> None:
+    code = ("import sys\n"
+            "for i in range(300):\n"
+            "    print(f'out {i}', flush=True)\n"
+            "    print(f'err {i}', file=sys.stderr, flush=True)\n")
+    with Tracker(log_dir=tmp_path) as t:
+        proc = t.start([PY, "-c", code], name="both")
+        assert proc.wait(20) == 0 and proc.wait_output_done(20)
+        runs = proc.tail_chunks(1000, raw=True)
+    # Within a stream, every byte in order (between the two pipes, the order in which the
+    # pump found them; a line may come in two writes, with the other stream's in between).
+    text = {"stdout": "", "stderr": ""}
+    for stream, part in runs:
+        text[stream] += part
+    assert text["stdout"].splitlines() == [f"out {i}" for i in range(300)]
+    assert text["stderr"].splitlines() == [f"err {i}" for i in range(300)]
+    assert len(runs) > 2 or proc.log_path.stat().st_size == len(text["stdout"]) * 2
+
+
+def test_a_killed_keeper_ends_the_output(tmp_path: Path) -> None:
+    with Tracker(log_dir=tmp_path) as t:
+        proc = t.start("echo started; exec sleep 300", name="sleeper")
+        assert until(lambda: proc.tail() == "started\n")
+        keeper = proc._root.popen
+        os.kill(keeper.pid, signal.SIGKILL)  # ours: the keeper of this test's process
+        assert proc.wait_output_done(10)  # the pump's socket closed: no hang
+        t.cleanup(grace=0.5)
