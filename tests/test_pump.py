@@ -38,7 +38,10 @@ def test_launches_are_pumped_unless_turned_off(tmp_path: Path,
 
 
 def test_a_subscriber_gets_every_byte_through_rotation(tmp_path: Path) -> None:
-    size = (48 << 20) - 1000
+    # 16 MiB at about 25 MB/s: a subscriber more than 4 MiB behind would lose the oldest
+    # (by design); at this pace it keeps up even on a loaded machine.
+    size, block = (16 << 20) - 1000, 1 << 18
+    stream_bytes = (LINE * (size // len(LINE) + 1))[:size]
     digest = hashlib.sha256()
     got = 0
     streams: set[str] = set()
@@ -53,20 +56,24 @@ def test_a_subscriber_gets_every_byte_through_rotation(tmp_path: Path) -> None:
                 got += len(chunk.data)
 
     go = tmp_path / "go"
-    with Tracker(log_dir=tmp_path / "logs", log_max_bytes=4 << 20, log_backups=2) as t:
-        proc = t.start(f"until [ -e {go} ]; do sleep 0.01; done\n"
-                       f"yes '{LINE.decode().rstrip()}' | head -c {size}", name="flood")
+    code = ("import os, sys, time\n"
+            f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
+            f"data = ({LINE!r} * {size // len(LINE) + 1})[:{size}]\n"
+            f"for i in range(0, {size}, {block}):\n"
+            f"    sys.stdout.buffer.write(data[i:i + {block}]); sys.stdout.flush()\n"
+            "    time.sleep(0.01)\n")
+    with Tracker(log_dir=tmp_path / "logs", log_max_bytes=2 << 20, log_backups=2) as t:
+        proc = t.start([PY, "-c", code], name="flood")
         proc.subscribe(on_output)
         go.touch()  # the flood starts once the subscriber is there
         assert proc.wait(60) == 0 and proc.wait_output_done(60)
         assert until(lambda: got == size, 30), got
         files = proc.log_files()
     assert streams == {"stdout"}  # no "dropped" notice: the subscriber kept up
-    expected = hashlib.sha256((LINE * (size // len(LINE) + 1))[:size])
-    assert digest.hexdigest() == expected.hexdigest()
-    assert [f.stat().st_size for f in files] == [4 << 20, 4 << 20, (4 << 20) - 1000]  # exact
+    assert digest.hexdigest() == hashlib.sha256(stream_bytes).hexdigest()
+    assert [f.stat().st_size for f in files] == [2 << 20, 2 << 20, (2 << 20) - 1000]  # exact
     kept = b"".join(f.read_bytes() for f in files)
-    assert kept == (LINE * (size // len(LINE) + 1))[:size][-len(kept):]
+    assert kept == stream_bytes[-len(kept):]
 
 
 def test_streams_stay_apart(tmp_path: Path) -> None:
