@@ -34,9 +34,12 @@ import socket
 
 READ_SIZE = 1 << 16
 # Without a stream switch, the kernel hears of the bytes at least once per this many, and
-# before the pump waits for more: a flood costs it one message per 256 KiB, and the log
-# budget (charged when the kernel hears of the bytes) is passed by that much at most.
-REPORT_EVERY = 1 << 18
+# before the pump waits for more: a flood costs it one message per MiB (and the kernel
+# grants room 4 MiB at a time, so the pump need not wait for its answer).
+REPORT_EVERY = 1 << 20
+# A pause in the output this long (ms) makes the pump tell the kernel at once: the delay
+# a reader of the tail, a subscriber or a readiness check can see.
+QUIET_MS = 5
 STREAMS = (b"o", b"e")
 
 
@@ -173,8 +176,13 @@ class Pump:
         try:
             while self.pipes:
                 events = poller.poll(0)
-                if not events:  # caught up: the kernel hears of everything before we wait
-                    self._report()
+                if not events and self.total > self.reported:
+                    # Caught up: the kernel hears of everything before we wait, unless
+                    # more comes within QUIET_MS (a flood's writer is often just behind).
+                    events = poller.poll(QUIET_MS)
+                    if not events:
+                        self._report()
+                if not events:
                     events = poller.poll()
                 for fd, _ in events:
                     if fd == sock_fd:
