@@ -40,11 +40,11 @@ Lifetime:
 
 from __future__ import annotations
 
+import _thread
 import errno
 import os
 import select
 import sys
-import threading
 import time
 
 from .. import _platform as plat
@@ -54,6 +54,10 @@ from .._proc.identity import CLK_TCK, ProcId, same_process
 from .._proc.scan import get_record, scan_processes, start_seconds
 from .limits import CHECK_EVERY, Limits, describe
 from .protocol import encode_event, read_config
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from _thread import LockType
 
 __all__ = ("Keeper", "main")
 
@@ -144,7 +148,7 @@ class Keeper:
         pump = config.get("pump")  # [stdout, stderr, socket]: the pump's (pump.py)
         self.pump_fds = [int(fd) for fd in pump] if isinstance(pump, list) and len(pump) == 3 \
             else []
-        self.pump_thread: threading.Thread | None = None
+        self.pump_done: LockType | None = None  # released by the pump's thread at its end
 
     # status pipe
 
@@ -180,6 +184,8 @@ class Keeper:
         from .pump import Pump
 
         pump = Pump(*self.pump_fds)
+        done = self.pump_done = _thread.allocate_lock()
+        done.acquire()
 
         def run() -> None:
             try:
@@ -187,15 +193,17 @@ class Keeper:
             except Exception as exc:  # the output is lost from here on: say so
                 self.emit({"event": "keeper_error",
                            "message": f"pump: {type(exc).__name__}: {exc}"})
+            finally:
+                done.release()
 
-        self.pump_thread = threading.Thread(target=run, daemon=True)
-        self.pump_thread.start()
+        # _thread, not threading: the keeper imports little (threading is a module tree)
+        _thread.start_new_thread(run, ())
 
     def _finish_pump(self) -> None:
         """Let the pump take in the last output: the command's tree is gone, so its pipes
         end at once, unless something outside the tree holds them."""
-        if self.pump_thread is not None:
-            self.pump_thread.join(PUMP_LINGER)
+        if self.pump_done is not None and self.pump_done.acquire(timeout=PUMP_LINGER):
+            self.pump_done.release()
 
     def _watch_kernel(self) -> bool:
         """Start watching the kernel. False when it is already gone."""

@@ -27,10 +27,10 @@ and the pump waits only when the kernel has fallen a whole piece behind.
 
 from __future__ import annotations
 
+import _socket  # the C module, as the zygote: socket.py would import enum and more
 import array
 import os
 import select
-import socket
 
 READ_SIZE = 1 << 16
 # Without a stream switch, the kernel hears of the bytes at least once per this many, and
@@ -43,12 +43,12 @@ QUIET_MS = 5
 STREAMS = (b"o", b"e")
 
 
-def _recv_fd(sock: socket.socket) -> tuple[bytes, int]:
+def _recv_fd(sock: _socket.socket) -> tuple[bytes, int]:
     """One message, and the descriptor it carries (-1 if none)."""
-    data, ancdata, _, _ = sock.recvmsg(64, socket.CMSG_SPACE(array.array("i").itemsize * 4))
+    data, ancdata, _, _ = sock.recvmsg(64, _socket.CMSG_SPACE(array.array("i").itemsize * 4))
     fd = -1
     for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             fds = array.array("i")
             fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
             for extra in fds[1:]:
@@ -63,7 +63,7 @@ class Pump:
 
     def __init__(self, out_fd: int, err_fd: int, sock_fd: int) -> None:
         self.pipes = {out_fd: STREAMS[0], err_fd: STREAMS[1]}
-        self.sock = socket.socket(fileno=sock_fd)
+        self.sock = _socket.socket(fileno=sock_fd)
         self.file = -1
         self.room = -1  # bytes the kernel lets us write to the file (-1: no limit)
         self.total = 0  # bytes of both streams so far

@@ -26,6 +26,7 @@ import select
 import sys
 
 from .. import _platform as plat
+from . import pump as _pump  # noqa: F401 (imported once here, not in every clone)
 from .main import Keeper
 from .protocol import config_arg, read_request
 
