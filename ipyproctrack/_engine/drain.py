@@ -88,17 +88,19 @@ class _Pumped:
             log.exception("finishing a pump failed")
 
 
-def _read_back(lagging: set[_Pumped]) -> float | None:
-    """Let each pump's feed read back what is due; the seconds until the next one is."""
+def _read_back(lagging: set[_Pumped]) -> tuple[float | None, bool]:
+    """Let each pump's feed read back what is due: (the seconds until the next one is,
+    whether any sink got output)."""
     timeout = None
+    got = False
     for pump in list(lagging):
-        pump.feed.read_back()
+        got = pump.feed.read_back() or got
         due = pump.feed.due()
         if due is None:
             lagging.discard(pump)
         elif timeout is None or due < timeout:
             timeout = due
-    return timeout
+    return timeout, got
 
 
 class Drain:
@@ -218,7 +220,8 @@ class Drain:
                         pause = pause and pipe.roomy
                 elif fd == wake_fd:
                     self._take_incoming(poller, pipes)
-            timeout = _read_back(lagging)
+            timeout, read_back = _read_back(lagging)
+            got = got or read_back  # the displays hear of it once it is in the tail
             if got:
                 pending = on_output is not None
                 if pause:

@@ -166,16 +166,17 @@ class PumpFeed:
             return None
         return max(0.0, self._read_at + READ_BACK_EVERY - time.monotonic())
 
-    def read_back(self, *, force: bool = False) -> None:
+    def read_back(self, *, force: bool = False) -> bool:
         """Feed the sink what the pump wrote: every byte while a subscriber needs them,
         else (at most every READ_BACK_EVERY, the display's pace) the last ``tail_bytes``
-        only: a flood is written by the keeper and read here by the tail's worth."""
+        only: a flood is written by the keeper and read here by the tail's worth. Whether
+        the sink got anything."""
         if not self._pending:
-            return
+            return False
         every = self.sink.wants_every_byte
         now = time.monotonic()
         if not (every or force or now >= self._read_at + READ_BACK_EVERY):
-            return
+            return False
         self._read_at = now
         pending, self._pending = self._pending, []
         keep_from = 0 if every else max(0, pending[-1][2] - self.sink.tail_bytes)
@@ -189,6 +190,7 @@ class PumpFeed:
                 self._pos = keep_from
             self._read_range(stream, end)
         self._forget_read()
+        return True
 
     def _read_range(self, stream: str, end: int) -> None:
         """Feed the sink the bytes from ``_pos`` up to ``end`` from the files."""
