@@ -1,6 +1,7 @@
-"""The keepers write the logs (Linux: ``_keeper/pump.py``, ``_engine/pumped.py``): every byte
-in order through rotation, the streams apart, every byte for a subscriber, and the end
-noticed when the keeper dies; ``IPYPROCTRACK_KEEPER_DRAIN=0`` keeps the kernel-side drain."""
+"""With ``IPYPROCTRACK_KEEPER_DRAIN=1`` the keepers write the logs (Linux: ``_keeper/pump.py``,
+``_engine/pumped.py``): every byte in order through exact rotation, the streams apart,
+every byte for a subscriber, and the end noticed when the keeper dies. Without it, the
+kernel-side drain."""
 
 from __future__ import annotations
 
@@ -22,14 +23,19 @@ PY = sys.executable
 LINE = b"a line of 64 bytes from the pump test, some text to read back!!\n"
 
 
-def test_launches_are_pumped_unless_turned_off(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(autouse=True)
+def _pumped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IPYPROCTRACK_KEEPER_DRAIN", "1")
+
+
+def test_launches_are_pumped_when_turned_on(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     with Tracker(log_dir=tmp_path / "a") as t:
         proc = t.start("echo hi", name="a")
         assert proc._root.pump is not None and proc._root.out_fd == -1
         assert proc.wait(10) == 0 and proc.wait_output_done(10)
         assert proc.tail() == "hi\n" and proc.log_path.read_text() == "hi\n"
-    monkeypatch.setenv("IPYPROCTRACK_KEEPER_DRAIN", "0")
+    monkeypatch.delenv("IPYPROCTRACK_KEEPER_DRAIN")  # the default: the kernel drains
     with Tracker(log_dir=tmp_path / "b") as t:
         proc = t.start("echo hi", name="b")
         assert proc._root.pump is None and proc._root.out_fd >= 0

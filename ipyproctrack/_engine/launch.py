@@ -142,10 +142,11 @@ class Root:
 
 
 def keeper_drains() -> bool:
-    """Whether the keepers write the logs (Linux: ``_keeper/pump.py``), unless
-    ``IPYPROCTRACK_KEEPER_DRAIN=0`` keeps the drain in this process."""
+    """Whether the keepers write the logs (Linux, ``IPYPROCTRACK_KEEPER_DRAIN=1``:
+    ``_keeper/pump.py``). Not yet the default: it takes a flood's cost off the kernel, but
+    the flood itself ran slower than through the kernel's drain (docs/design.md)."""
     return (plat.IS_LINUX and plat.USE_KEEPER
-            and os.environ.get("IPYPROCTRACK_KEEPER_DRAIN", "1") != "0")
+            and os.environ.get("IPYPROCTRACK_KEEPER_DRAIN", "0") == "1")
 
 
 def spawn_root(
