@@ -205,13 +205,10 @@ class RotatingLog:
         opened = self._opened
         try:
             self._size += nbytes
-            if self._rotate_soon or (self._limit > 0 and self._size >= self._limit):
+            if self._full():
                 self._rotate()
             else:
-                now = time.monotonic()
-                if now - self._checked_at >= _RECHECK_SECONDS:
-                    self._checked_at = now
-                    self._check_still_there()
+                self._now_and_then()
         except OSError as exc:
             self._fail(exc)
             self._close_fd()
@@ -222,7 +219,7 @@ class RotatingLog:
         rotated first."""
         if self._limit <= 0:
             return 0
-        if self._fd >= 0 and (self._rotate_soon or self._size >= self._limit):
+        if self._fd >= 0 and self._full():
             try:
                 self._rotate()
             except OSError as exc:
@@ -248,7 +245,7 @@ class RotatingLog:
             if self._budget is not None:
                 self._budget.charge(self, len(data))
             while data:
-                if self._rotate_soon or (self._limit > 0 and self._size >= self._limit):
+                if self._full():
                     self._rotate()
                     if self._fd < 0:
                         return
@@ -257,12 +254,20 @@ class RotatingLog:
                 written = os.write(self._fd, part)
                 self._size += written
                 data = data[written:]
-            now = time.monotonic()
-            if now - self._checked_at >= _RECHECK_SECONDS:
-                self._checked_at = now
-                self._check_still_there()
+            self._now_and_then()
         except OSError as exc:
             self._fail(exc)
+
+    def _full(self) -> bool:
+        """Whether the current file is due to rotate (full, or asked to by the budget)."""
+        return self._rotate_soon or (self._limit > 0 and self._size >= self._limit)
+
+    def _now_and_then(self) -> None:
+        """About once a second: is the file still there?"""
+        now = time.monotonic()
+        if now - self._checked_at >= _RECHECK_SECONDS:
+            self._checked_at = now
+            self._check_still_there()
 
     def _check_still_there(self) -> None:
         """A deleted log (a tmp cleaner) would swallow output unseen: open it afresh, or
