@@ -65,6 +65,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items[:] = [item for k in range(n) for item in (*slow[k::n], *rest[k * size:(k + 1) * size])]
 
 
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt in this test, as at a terminal. A shell that starts
+    the run in the background (``cmd &``, nohup) leaves SIGINT ignored, and Python then
+    installs no handler: a test's Ctrl-C would do nothing."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(autouse=True)
 def _no_tagged_leftovers() -> Iterator[None]:
     before = {(pid, ctime) for pid, (ctime, _) in tagged_processes().items()}

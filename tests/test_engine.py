@@ -578,6 +578,7 @@ def test_a_stopped_process_reads_stopped_as_soon_as_it_exits(tracker: Tracker) -
     assert states == ["stopped"]
 
 
+@pytest.mark.usefixtures("ctrl_c")
 def test_the_state_machine_through_an_interrupted_wait(
     tracker: Tracker, caplog: pytest.LogCaptureFixture
 ) -> None:

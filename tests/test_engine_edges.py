@@ -26,6 +26,7 @@ _STUBBORN = (
 )
 
 
+@pytest.mark.usefixtures("ctrl_c")
 def test_an_interrupted_replace_stops_the_old_tree_and_starts_nothing(tracker: Tracker) -> None:
     old = tracker.start([PY, "-c", _STUBBORN], name="web")
     assert until(lambda: "up" in old.tail())
