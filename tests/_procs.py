@@ -87,6 +87,7 @@ def _tags_in(environ: bytes, run_mark: str | None) -> list[tuple[str, str]]:
 
 def _tagged_pids_proc(run_mark: str | None) -> list[int]:
     pids: list[int] = []
+    empty: list[str] = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -94,6 +95,37 @@ def _tagged_pids_proc(run_mark: str | None) -> list[int]:
             with open(f"/proc/{entry}/environ", "rb") as f:
                 environ = f.read()
         except OSError:  # gone, or not ours to read
+            continue
+        if not environ:
+            empty.append(entry)
+        elif _has_new_tag(_tags_in(environ, run_mark)):
+            pids.append(int(entry))
+    return pids + _after_exec(empty, run_mark)
+
+
+def _after_exec(entries: list[str], run_mark: str | None) -> list[int]:
+    """Of the processes that showed an empty environment (kernel threads, zombies, and one
+    in the middle of an exec: its new environment is there a moment later), the tagged
+    ones, looked at again after that moment. A leak started just before a test ended
+    would otherwise go unseen."""
+    live = []
+    for entry in entries:
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] not in (b"Z", b"X") and fields[1] not in (b"0", b"2"):  # kthreadd's
+            live.append(entry)
+    if not live:
+        return []
+    time.sleep(0.05)
+    pids = []
+    for entry in live:
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
             continue
         if _has_new_tag(_tags_in(environ, run_mark)):
             pids.append(int(entry))

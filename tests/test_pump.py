@@ -98,7 +98,19 @@ def test_streams_stay_apart(tmp_path: Path) -> None:
         text[stream] += part
     assert text["stdout"].splitlines() == [f"out {i}" for i in range(300)]
     assert text["stderr"].splitlines() == [f"err {i}" for i in range(300)]
-    assert len(runs) > 2 or proc.log_path.stat().st_size == len(text["stdout"]) * 2
+
+
+def test_without_subscribers_only_the_tail_is_read_back(tmp_path: Path) -> None:
+    """The point of the pump: a flood nobody subscribes to is written by the keeper and
+    read here only by the tail's worth, about 20 times a second."""
+    size = 256 << 20
+    with Tracker(log_dir=tmp_path, tail_bytes=1 << 18) as t:
+        proc = t.start(f"yes '{LINE.decode().rstrip()}' | head -c {size}", name="flood")
+        assert proc.wait(60) == 0 and proc.wait_output_done(60)
+        assert proc.bytes_received == size  # every byte counted
+        assert proc.tail(1) == LINE.decode()  # the tail is the flood's end
+        skipped = proc._sink.bytes_skipped
+    assert skipped > size * 3 // 4, f"only {skipped} of {size} bytes were never read back"
 
 
 def test_a_killed_keeper_ends_the_output(tmp_path: Path) -> None:

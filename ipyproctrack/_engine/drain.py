@@ -220,8 +220,10 @@ class Drain:
                         pause = pause and pipe.roomy
                 elif fd == wake_fd:
                     self._take_incoming(poller, pipes)
-            timeout, read_back = _read_back(lagging)
-            got = got or read_back  # the displays hear of it once it is in the tail
+            timeout = None
+            if lagging:  # only with keepers' pumps: the pipes' loop pays nothing for them
+                timeout, read_back = _read_back(lagging)
+                got = got or read_back  # the displays hear of it once it is in the tail
             if got:
                 pending = on_output is not None
                 if pause:

@@ -186,10 +186,7 @@ class RotatingLog:
     def reserve(self, nbytes: int) -> None:
         """Charge the budget for ``nbytes`` the pump may write next (before it does)."""
         if self._budget is not None and nbytes > 0:
-            try:
-                self._budget.charge(self, nbytes)
-            except OSError as exc:
-                self._fail(exc)
+            self._budget.charge(self, nbytes)  # never truncates a handed file: start_over
 
     def unreserve(self, nbytes: int) -> None:
         """Give back to the budget what was reserved and not written."""

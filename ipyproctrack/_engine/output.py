@@ -110,6 +110,7 @@ class OutputSink:
         self.tail_lines = max(tail_lines, 1)
         self.version = 0
         self.bytes_received = 0
+        self.bytes_skipped = 0  # of which never read back (only with a keeper's pump)
         self._lock = threading.Lock()
         self._tail: deque[tuple[str, bytes]] = deque()
         self._tail_size = 0
@@ -135,6 +136,7 @@ class OutputSink:
         """Count bytes that went to the log only (a keeper's pump flooded past the tail)."""
         with self._lock:
             self.bytes_received += nbytes
+            self.bytes_skipped += nbytes
             self.version += 1
 
     def take(self, stream: str, data: bytes) -> None:

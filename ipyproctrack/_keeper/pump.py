@@ -43,9 +43,12 @@ QUIET_MS = 5
 STREAMS = (b"o", b"e")
 
 
-def _recv_fd(sock: _socket.socket) -> tuple[bytes, int]:
-    """One message, and the descriptor it carries (-1 if none)."""
-    data, ancdata, _, _ = sock.recvmsg(64, _socket.CMSG_SPACE(array.array("i").itemsize * 4))
+def _recv_fd(sock: _socket.socket, *, block: bool) -> tuple[bytes, int]:
+    """One message, and the descriptor it carries (-1 if none). The socket itself stays
+    blocking, for our sends: a message not there yet raises BlockingIOError unless
+    ``block``."""
+    data, ancdata, _, _ = sock.recvmsg(64, _socket.CMSG_SPACE(array.array("i").itemsize * 4),
+                                       0 if block else _socket.MSG_DONTWAIT)
     fd = -1
     for level, kind, payload in ancdata:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
@@ -86,14 +89,15 @@ class Pump:
             self.reported = self.total
 
     def _take(self, *, block: bool) -> bool:
-        """Take the kernel's messages (a new file, or none); False once the kernel is gone."""
-        self.sock.setblocking(block)
+        """Take the kernel's messages (more room, a new file, or none); the first one
+        waited for when ``block``. False once the kernel is gone."""
         try:
             while True:
                 try:
-                    data, fd = _recv_fd(self.sock)
+                    data, fd = _recv_fd(self.sock, block=block)
                 except BlockingIOError:
                     return True
+                block = False
                 if not data:
                     self.kernel_gone = True
                     if fd >= 0:
@@ -104,7 +108,6 @@ class Pump:
                         os.close(fd)
                     if self.room >= 0:
                         self.room += int(data[1:])
-                    self.sock.setblocking(False)
                     continue
                 self._report()  # the bytes before the switch are in the old file
                 if self.file >= 0:
@@ -113,12 +116,9 @@ class Pump:
                 if self.file >= 0:
                     self.room = int(data[1:])
                     self._send(b"S" + str(self.total).encode())
-                self.sock.setblocking(False)
         except OSError:
             self.kernel_gone = True
             return False
-        finally:
-            self.sock.setblocking(True)
 
     # --- the loop ---------------------------------------------------------------------------
     def _write(self, stream: bytes, data: bytes) -> None:
