@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/drain.py [--size BYTES] [--rounds N] [--hash]
+    .venv/bin/python benchmarks/drain.py [--size BYTES] [--rounds N] [--hash] [--no-pump]
 
 The flood is ``yes LINE | head -c SIZE`` (64-byte lines, default 1 GiB), run by bash.
 
@@ -11,9 +11,11 @@ The flood is ``yes LINE | head -c SIZE`` (64-byte lines, default 1 GiB), run by 
 - tracker: ``Tracker(log_dir=...)`` with every other setting at its default (so the log
   rotates at 20 MiB and keeps 5 backups, under the 512 MiB session budget, as users get
   it), timed from ``start`` until the root has exited and its output is done (every byte
-  counted, logged and in the tail).
+  counted, logged and in the tail). The kernel's drain thread reads the pipes.
+- pump (Linux; ``--no-pump`` leaves it out): the same Tracker with the keeper writing the
+  log (``IPYPROCTRACK_KEEPER_DRAIN=1``), the kernel reading back only the tail.
 
-Rounds run in ABBA order (plain first in even rounds, tracker first in odd ones), with
+Rounds run in turns (the order reversed every other round: ABBA with two sides), with
 ``os.sync()`` before every run so that one run's dirty pages do not slow the next. Per run:
 
 - throughput: SIZE / wall time from the launch call; "after it" (drain only): SIZE / the time
@@ -166,6 +168,14 @@ class HelperClock:
             self.seconds = max(self.seconds, now)
 
 
+def run_pump(size: int, directory: Path, *, check_hash: bool) -> Run:
+    os.environ["IPYPROCTRACK_KEEPER_DRAIN"] = "1"  # read at each launch
+    try:
+        return run_tracker(size, directory, check_hash=check_hash)
+    finally:
+        os.environ["IPYPROCTRACK_KEEPER_DRAIN"] = "0"
+
+
 def run_tracker(size: int, directory: Path, *, check_hash: bool) -> Run:
     log_dir = directory / "logs"
     shutil.rmtree(log_dir, ignore_errors=True)
@@ -205,25 +215,55 @@ def kept_bytes(size: int, max_bytes: int, backups: int) -> int:
     return current + (rotations if backups < 0 else min(rotations, backups)) * max_bytes
 
 
+def report(side: str, p: dict[str, float], t: dict[str, float], plain: list[Run],
+           tracked: list[Run], mb: float) -> None:
+    """Ratios of ``side`` to the plain loop, against the goals."""
+    ratios = [
+        ("throughput", t["speed"] / p["speed"], f">= {GOAL_SPEED}", t["speed"] / p["speed"]
+         >= GOAL_SPEED),
+        ("drain only", t["drain"] / p["drain"], f">= {GOAL_SPEED}", t["drain"] / p["drain"]
+         >= GOAL_SPEED),
+        ("reader CPU", t["reader"] / p["reader"], f"<= {GOAL_READER_CPU}",
+         t["reader"] / p["reader"] <= GOAL_READER_CPU),
+        ("total CPU", t["total"] / p["total"], f"<= {GOAL_TOTAL_CPU}",
+         t["total"] / p["total"] <= GOAL_TOTAL_CPU),
+    ]
+    for name, ratio, goal, ok in ratios:
+        print(f"ratio {side}/plain {name:10}: {ratio:.2f}  (goal {goal}: "
+              f"{'met' if ok else 'MISSED'})")
+    # How much to trust the medians: on a VM the plain loop's speed swings by 2x from run
+    # to run (its system time per GiB with it), the tracker's much less.
+    rounds = [mb / t.seconds / (mb / p.seconds) for p, t in zip(plain, tracked, strict=True)]
+    best = max(mb / r.seconds for r in tracked) / max(mb / r.seconds for r in plain)
+    print("  per-round throughput ratios: " + " ".join(f"{r:.2f}" for r in rounds)
+          + f"; their median {median(rounds):.2f}; best {side} run / best plain run: "
+          f"{best:.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--size", type=int, default=1 << 30, help="bytes to flood (1 GiB)")
     parser.add_argument("--rounds", type=int, default=6, help="rounds, ABBA order (6)")
     parser.add_argument("--hash", action="store_true", help="also check every output's sha256")
     parser.add_argument("--dir", type=Path, default=None, help="where outputs go (a temp dir)")
+    parser.add_argument("--no-pump", action="store_true",
+                        help="leave out the keeper's pump (IPYPROCTRACK_KEEPER_DRAIN=1)")
     args = parser.parse_args(argv)
     size: int = args.size
     mb, gib = size / 1e6, size / 2**30
     runners = {"plain": run_plain, "tracker": run_tracker}
-    results: dict[str, list[Run]] = {"plain": [], "tracker": []}
+    if sys.platform.startswith("linux") and not args.no_pump:
+        runners["pump"] = run_pump
+    os.environ["IPYPROCTRACK_KEEPER_DRAIN"] = "0"  # the tracker side: the kernel's drain
+    results: dict[str, list[Run]] = {side: [] for side in runners}
 
     print(f"drain: {size} bytes ({gib:.2f} GiB) of 64-byte lines, {args.rounds} round(s), "
-          f"ABBA, os.sync() between runs; load average {os.getloadavg()[0]:.2f}")
+          f"in turns, os.sync() between runs; load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="ipyproctrack-drain-", dir=args.dir) as tmp:
         for warm in runners.values():  # imports and first-use costs stay out of the figures
             warm(8 << 20, Path(tmp), check_hash=False)
         for n in range(args.rounds):
-            order = ["plain", "tracker"] if n % 2 == 0 else ["tracker", "plain"]
+            order = list(runners) if n % 2 == 0 else list(runners)[::-1]
             line = []
             for side in order:
                 os.sync()
@@ -250,29 +290,8 @@ def main(argv: list[str] | None = None) -> int:
               f" launch {m['launch']:.0f} ms, after it {m['drain']:.0f} MB/s)   CPU s/GiB: reader "
               f"{m['reader']:.3f} (user {m['user']:.3f})  helpers {m['helper']:.3f}  "
               f"total {m['total']:.3f}")
-    p, t = med["plain"], med["tracker"]
-    ratios = [
-        ("throughput", t["speed"] / p["speed"], f">= {GOAL_SPEED}", t["speed"] / p["speed"]
-         >= GOAL_SPEED),
-        ("drain only", t["drain"] / p["drain"], f">= {GOAL_SPEED}", t["drain"] / p["drain"]
-         >= GOAL_SPEED),
-        ("reader CPU", t["reader"] / p["reader"], f"<= {GOAL_READER_CPU}",
-         t["reader"] / p["reader"] <= GOAL_READER_CPU),
-        ("total CPU", t["total"] / p["total"], f"<= {GOAL_TOTAL_CPU}",
-         t["total"] / p["total"] <= GOAL_TOTAL_CPU),
-    ]
-    for name, ratio, goal, ok in ratios:
-        print(f"ratio tracker/plain {name:10}: {ratio:.2f}  (goal {goal}: "
-              f"{'met' if ok else 'MISSED'})")
-    # How much to trust the medians: on a VM the plain loop's speed swings by 2x from run
-    # to run (its system time per GiB with it), the tracker's much less.
-    rounds = [mb / t.seconds / (mb / p.seconds)
-              for p, t in zip(results["plain"], results["tracker"], strict=True)]
-    best = max(mb / r.seconds for r in results["tracker"]) / max(
-        mb / r.seconds for r in results["plain"])
-    print("per-round throughput ratios: " + " ".join(f"{r:.2f}" for r in rounds)
-          + f"; their median {median(rounds):.2f}; best tracker run / best plain run: "
-          f"{best:.2f}")
+    for side in [s for s in runners if s != "plain"]:
+        report(side, med["plain"], med[side], results["plain"], results[side], mb)
     return 0
 
 

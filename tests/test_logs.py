@@ -189,7 +189,12 @@ def _disk_use(folder: Path) -> tuple[int, int]:
     return size, blocks
 
 
-def test_four_floods_stay_within_the_session_budget(tmp_path: Path) -> None:
+@pytest.mark.parametrize("keeper_drain", ["0", "1"], ids=["kernel-drain", "keeper-pump"])
+def test_four_floods_stay_within_the_session_budget(
+    tmp_path: Path, keeper_drain: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With the pump, the room granted ahead (its file's and the ready next file's) counts.
+    monkeypatch.setenv("IPYPROCTRACK_KEEPER_DRAIN", keeper_drain)
     budget = 8 * MiB
     logs = tmp_path / "logs"
     with Tracker(log_dir=logs, log_budget_bytes=budget) as t:

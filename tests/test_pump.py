@@ -75,6 +75,10 @@ def test_a_subscriber_gets_every_byte_through_rotation(tmp_path: Path) -> None:
         assert proc.wait(60) == 0 and proc.wait_output_done(60)
         assert until(lambda: got == size, 30), got
         files = proc.log_files()
+        # 80 ms per file: each next file was ready before the pump filled this one
+        ready = proc._sink.log.ready_rotations
+    assert ready >= 6, f"the pump waited for the kernel at {7 - ready} of 7 rotations"
+    assert not list((tmp_path / "logs").glob("*.next"))  # no ready file is left behind
     assert streams == {"stdout"}  # no "dropped" notice: the subscriber kept up
     assert digest.hexdigest() == hashlib.sha256(stream_bytes).hexdigest()
     assert [f.stat().st_size for f in files] == [2 << 20, 2 << 20, (2 << 20) - 1000]  # exact

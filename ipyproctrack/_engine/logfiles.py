@@ -10,6 +10,7 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .. import _platform as plat
@@ -115,7 +116,8 @@ class LogBudget:
                 total += st.st_size
             size = _size(files[-1])
             current.append((size, rlog))
-            total += size
+            # with a pump: what it may still write, charged already (pumped.py)
+            total += size + rlog.next_size() + rlog.granted
         target = min(self.limit * 3 // 4, self.limit - nbytes)
         backups.sort()  # oldest first; within one log the highest number is the oldest
         for _, _, path, size in backups:
@@ -164,6 +166,13 @@ class RotatingLog:
         self._checked_at = time.monotonic()
         self.handed = False  # a keeper's pump appends to the files (pumped.py)
         self._opened = 0  # files opened so far: the pump is handed each new one
+        self._next_fd = -1  # the pump's next file, made ready before this one is full
+        self.adopted = False  # the last rotation put the ready file in place (pump's own)
+        self.granted = 0  # room the pump may still use, reserved (kept by pumped.py)
+        self.ready_rotations = 0  # rotations onto a ready file: the pump did not wait
+        # Given a deleted file's last descriptor to close (pumped.py: the keeper frees its
+        # cached pages, not the kernel); False when it could not take it.
+        self.discard_to: Callable[[int], bool] | None = None
         self._fd = self._open(exclusive=False)
         self._size = os.fstat(self._fd).st_size if self._fd >= 0 else 0
         if budget is not None and self._fd >= 0:
@@ -196,7 +205,8 @@ class RotatingLog:
     def account(self, nbytes: int) -> bool:
         """The pump appended ``nbytes`` (reserved before) to the current file: keep the
         rules (rotation, a deleted file). True when the file changed or is gone: the pump
-        must be handed ``fd``."""
+        must be handed ``fd``, unless ``adopted`` (its ready file was put in place)."""
+        self.adopted = False
         if self._fd < 0:
             return False
         opened = self._opened
@@ -223,6 +233,48 @@ class RotatingLog:
                 self._fail(exc)
                 self._close_fd()
         return max(self._limit - self._size, 1)
+
+    @property
+    def limit(self) -> int:
+        """The size at which a file rotates (0: never)."""
+        return self._limit
+
+    @property
+    def _next_path(self) -> Path:
+        return self.path.with_name(f"{self.path.name}.next")
+
+    def prepare_next(self) -> int:
+        """Open the file that follows this one (under ``<name>.next``, 0600, never through
+        a symlink) for the pump to switch to by itself when this one is full: the rotation
+        then renames it into place and never keeps the pump waiting. -1 when it cannot."""
+        if self._next_fd >= 0:
+            return self._next_fd
+        for _ in range(2):
+            try:
+                self._next_fd = open_private(self._next_path, append=True, exclusive=True)
+                return self._next_fd
+            except FileExistsError:  # left by a kernel that died: not ours to append to
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._next_path)
+            except OSError as exc:
+                log.debug("cannot make %s ready: %s", self._next_path, exc)
+                break
+        return -1
+
+    def next_size(self) -> int:
+        """Bytes the pump has already written into the ready file (before it is in place)."""
+        try:
+            return os.fstat(self._next_fd).st_size if self._next_fd >= 0 else 0
+        except OSError:
+            return 0
+
+    def drop_next(self) -> None:
+        """Close and delete the ready file (the pump will not switch to it)."""
+        fd, self._next_fd = self._next_fd, -1
+        if fd >= 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._next_path)
+            os.close(fd)
 
     def pump_failed(self, errno_: int) -> None:
         """The pump could not write (``errno_``): no log from here on."""
@@ -294,6 +346,13 @@ class RotatingLog:
 
     def _rotate(self) -> None:
         self._rotate_soon = False
+        # The ready file is the next one only at the end of this one: the pump switches
+        # there by itself. Any earlier rotation (the budget, a deleted file) gets a fresh
+        # file that the pump is handed.
+        ready = self._next_fd >= 0 and self._limit > 0 and self._size >= self._limit
+        self.adopted = False
+        if not ready:
+            self.drop_next()
         self._close_fd()
         if self.backups != 0:
             last = self.backups
@@ -304,21 +363,34 @@ class RotatingLog:
             else:
                 if self._budget is not None:
                     self._budget.release(_size(self._backup(last)))
-                _discard(self._backup(last))
+                _discard(self._backup(last), hand_to=self.discard_to)
             # Delete first, then rename onto free names only: a rename (or a truncation)
             # that replaces a file makes ext4 write the renamed file's data out at once
             # (auto_da_alloc), which stalled the drain for tens of ms per rotation.
             for n in range(last - 1, 0, -1):
                 with contextlib.suppress(FileNotFoundError):
                     os.replace(self._backup(n), self._backup(n + 1))
-            os.replace(self.path, self._backup(1))
+            # (a deleted current file has nothing to keep; its bytes are gone already)
+            with contextlib.suppress(FileNotFoundError) if ready else contextlib.nullcontext():
+                os.replace(self.path, self._backup(1))
         else:
             if self._budget is not None:
                 self._budget.release(self._size)
-            _discard(self.path)
+            _discard(self.path, hand_to=self.discard_to)
+        self._size = 0
+        if ready:
+            fd, self._next_fd = self._next_fd, -1
+            try:
+                os.replace(self._next_path, self.path)  # the path is free: renamed above
+            except OSError:
+                os.close(fd)
+                raise
+            self._fd, self.adopted = fd, True
+            self._opened += 1
+            self.ready_rotations += 1
+            return
         # A fresh file: whatever appeared at the path since is not ours to write into.
         self._fd = self._open(exclusive=True)
-        self._size = 0
 
     def _backup(self, n: int) -> Path:
         return self.path.with_name(f"{self.path.name}.{n}")
@@ -342,12 +414,14 @@ class RotatingLog:
 
     def close(self) -> None:
         self._close_fd()
+        self.drop_next()
 
 
-def _discard(path: Path) -> None:
-    """Delete a log file. Freeing its cached pages (a few ms per 50 MiB, more on a busy
-    machine) happens when its last descriptor closes: here on a short-lived thread, so the
-    drain does not stall while the writer's pipe fills."""
+def _discard(path: Path, *, hand_to: Callable[[int], bool] | None = None) -> None:
+    """Delete a log file. Freeing its cached pages (a few ms per 20 MiB, more on a busy
+    machine) happens when its last descriptor closes: ``hand_to`` (a keeper's pump) closes
+    it in the keeper, else a short-lived thread does, so the drain does not stall while
+    the writer's pipe fills."""
     try:
         fd = os.open(path, os.O_RDONLY)  # not inherited (PEP 446)
     except FileNotFoundError:
@@ -358,6 +432,9 @@ def _discard(path: Path) -> None:
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+        return
+    if hand_to is not None and hand_to(fd):
+        os.close(fd)  # not the last one: the keeper's copy is
         return
     threading.Thread(target=_close_discarded, args=(fd, path), daemon=True,
                      name="ipyproctrack-log-discard").start()

@@ -22,10 +22,13 @@ _READ_BACK = 1 << 20
 _MESSAGE = (1 << 16) + 64  # the largest message: D, a stream, 64 KiB
 # Without subscribers, what the pump wrote is read back at most this often (the widgets
 # refresh at 5 Hz at most), and only the tail's worth of it.
-READ_BACK_EVERY = 0.05
+READ_BACK_EVERY = 0.1
 # Room is granted to the pump in pieces of this size, each charged to the log budget
-# before the pump may write it; the next piece goes out when half of one is left.
-GRANT = 4 << 20
+# before the pump may write it; the next piece goes out when half of one is left. With
+# 4 MiB pieces a 1 GiB flood waited 13-32 times for one (the drain thread wakes late when
+# the flood keeps both cores busy), with 16 MiB 6-12 times; each piece is reserved before
+# it is written, so a flooding log holds two of them at most (its file's and the next's).
+GRANT = 8 << 20
 SEND_TIMEOUT = 5.0
 
 
@@ -38,8 +41,14 @@ class PumpFeed:
         self.sink = sink
         self.log = sink.log
         self.log.handed = True
+        self.log.discard_to = self._discard
         self._segments: list[tuple[int, int]] = []  # (first stream offset, read fd) per file
-        self._handed: list[int] = []  # read fds of the files handed over, until their "S"
+        self._handed: dict[int, int] = {}  # file id -> read fd, handed over until its "S"
+        self._last_id = 0
+        self._switching: int | None = None  # the id of an "F" whose "S" has not come yet
+        self._queued: int | None = None  # the id of the "Q" (next file) not in place yet
+        self._next_grant = 0  # the room granted (and reserved) with it
+        self._gone = False  # a message could not be sent: the keeper is gone
         self._pos = 0  # stream offset read back (or skipped) so far
         self._end = 0  # stream offset the pump has reported
         self._pending: list[tuple[str, int, int]] = []  # (stream, start, end) not read back
@@ -48,6 +57,7 @@ class PumpFeed:
         self._granted = 0  # room granted to the pump (and reserved) that it has not used
         self._retiring = 0  # the same, for files rotated away before the pump took the next
         self._hand_over()
+        self._note()
         sock.setblocking(False)
 
     @property
@@ -57,51 +67,96 @@ class PumpFeed:
     def _hand_over(self) -> None:
         """Give the pump the log's current file and its first piece of room, or tell it
         there is none."""
-        # The pump may still write what it was granted into the last file until it takes
-        # this one (its "S"): that stays reserved until then.
+        # The pump may still write what it was granted into the last file (or the queued
+        # one) until it takes this one (its "S"): that stays reserved until then.
+        self._drop_queued()
         self._retiring += self._granted
         self._granted = 0
         room = self.log.room()
-        fd = self.log.fd
-        if fd >= 0:
-            try:  # our own read descriptor of the same file, opened through our write one
-                rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as exc:
-                log.warning("cannot read back %s: %s", self.log.path, exc)
-                rfd = -1
-            if rfd >= 0:
-                self._handed.append(rfd)
-                grant = min(GRANT, room) if room else GRANT
-                self.log.reserve(grant)
-                self._granted = grant
-                self._send(b"F" + str(grant).encode(), fd)
-                return
-        self._send(b"N", -1)
+        grant = min(GRANT, room) if room else GRANT
+        file_id = self._hand(b"F", self.log.fd, grant)
+        if file_id is None:
+            self._send(b"N", -1)
+            return
+        self._granted = grant
+        self._switching = file_id
+        self._top_up()
+
+    def _hand(self, kind: bytes, fd: int, grant: int) -> int | None:
+        """Send the pump file ``fd`` with ``grant`` bytes of room (reserved first); its id,
+        None when there is no file to hand."""
+        if fd < 0:
+            return None
+        try:  # our own read descriptor of the same file, opened through our write one
+            rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.warning("cannot read back %s: %s", self.log.path, exc)
+            return None
+        self._last_id += 1
+        self._handed[self._last_id] = rfd
+        self.log.reserve(grant)
+        self._send(kind + b"%d,%d" % (self._last_id, grant), fd)
+        return self._last_id
+
+    def _discard(self, fd: int) -> bool:
+        """Let the keeper close a deleted log file's descriptor after ours ("C"): the
+        last close frees the file's cached pages, a few ms per file of CPU that a flood
+        would otherwise cost the kernel at every rotation."""
+        if self._gone:
+            return False
+        return self._send(b"C", fd)
+
+    def _drop_queued(self) -> None:
+        """The queued file will not be put in place: what it was granted retires (the
+        pump may have taken it already), and the log deletes it."""
+        if self._queued is not None:
+            self._queued = None
+            self._retiring += self._next_grant
+            self._next_grant = 0
+            self.log.drop_next()
 
     def _top_up(self) -> None:
         """Grant the pump its next piece of room before it runs out (so it rarely waits),
-        never past the point where the file rotates."""
-        if self._granted >= GRANT // 2 or self.log.fd < 0:
+        never past the point where the file rotates; once the file's last piece is
+        granted, queue the next file, so the pump never waits at a rotation."""
+        if self.log.fd < 0:
             return
         room = self.log.room()
-        more = GRANT if not room else min(GRANT, room - self._granted)
-        if more > 0:
-            self.log.reserve(more)
-            self._granted += more
-            self._send(b"R" + str(more).encode(), -1)
+        if self._granted < GRANT // 2:
+            more = GRANT if not room else min(GRANT, room - self._granted)
+            if more > 0:
+                self.log.reserve(more)
+                self._granted += more
+                self._send(b"R" + str(more).encode(), -1)
+        # One queued file at a time, and only once the pump has taken every file handed
+        # before: a Q it received while another waited would replace that one.
+        if room and room <= self._granted and self._queued is None and not self._handed:
+            grant = min(GRANT, self.log.limit)
+            self._queued = self._hand(b"Q", self.log.prepare_next(), grant)
+            if self._queued is not None:
+                self._next_grant = grant
 
-    def _send(self, message: bytes, fd: int) -> None:
-        try:  # blocking (the pump empties its end at once), but never for long
-            self.sock.settimeout(SEND_TIMEOUT)
-            if fd >= 0:
-                self.sock.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                               array("i", [fd]))])
-            else:
-                self.sock.send(message)
+    def _send(self, message: bytes, fd: int) -> bool:
+        """Whether the pump got ``message`` (and ``fd``)."""
+        # One system call when there is room, as almost always: every call lets the other
+        # threads of the kernel take the GIL, and on two busy cores it may not come back
+        # for a while.
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array("i", [fd]))] if fd >= 0 \
+            else []
+        try:
+            try:
+                self.sock.sendmsg([message], ancillary)
+            except BlockingIOError:  # the pump is behind on our messages: wait, not forever
+                self.sock.settimeout(SEND_TIMEOUT)
+                try:
+                    self.sock.sendmsg([message], ancillary)
+                finally:
+                    self.sock.setblocking(False)
         except OSError as exc:  # the keeper is gone: on_readable sees the end
             log.debug("telling the pump of %s: %s", self.log.path, exc)
-        finally:
-            self.sock.setblocking(False)
+            self._gone = True
+            return False
+        return True
 
     def on_readable(self) -> tuple[bool, bool]:
         """Take every message waiting: (whether output came, whether the pump ended)."""
@@ -119,18 +174,16 @@ class PumpFeed:
             kind, rest = message[:1], message[1:]
             if kind == b"P":
                 got = self._written(_STREAMS.get(rest[:1], STDOUT), int(rest[1:])) or got
+                self._note()
             elif kind == b"D":
                 self.read_back(force=True)
                 self.sink.take(_STREAMS.get(rest[:1], STDOUT), rest[1:])
                 self._pos += len(rest) - 1
                 self._end = self._pos
                 got = True
-            elif kind == b"S":  # the pump took the oldest file we handed over
-                if self._handed:
-                    self._segments.append((int(rest), self._handed.pop(0)))
-                if not self._handed:  # what the old files were granted and did not take
-                    self.log.unreserve(self._retiring)
-                    self._retiring = 0
+            elif kind == b"S":  # the pump took a file we handed over
+                self._switched(rest)
+                self._note()
             elif kind == b"W":
                 self.log.pump_failed(int(rest))
             elif kind == b"X":
@@ -138,6 +191,27 @@ class PumpFeed:
                 if self._ended == 2:
                     self.read_back(force=True)
                     return True, True
+
+    def _note(self) -> None:
+        """Let the log's budget know the room granted and not written yet."""
+        self.log.granted = self._granted + self._next_grant + self._retiring
+
+    def _switched(self, rest: bytes) -> None:
+        """The pump writes file ``id`` from stream offset ``offset`` on ("S<offset>,<id>");
+        files handed before it that it never took are forgotten."""
+        offset, _, raw_id = rest.partition(b",")
+        file_id = int(raw_id)
+        for older in [i for i in self._handed if i < file_id]:
+            self._close_fd(self._handed.pop(older))
+        rfd = self._handed.pop(file_id, -1)
+        if rfd >= 0:
+            self._segments.append((int(offset), rfd))
+        if self._switching is not None and file_id >= self._switching:
+            # what the old files were granted and did not take
+            self._switching = None
+            self.log.unreserve(self._retiring)
+            self._retiring = 0
+        self._top_up()  # the next file can be queued now
 
     def _written(self, stream: str, end: int) -> bool:
         """The pump wrote the bytes up to ``end``, of ``stream``: account them to the log
@@ -150,14 +224,18 @@ class PumpFeed:
             self._pending[-1] = (stream, self._pending[-1][1], end)
         else:
             self._pending.append((stream, start, end))
-        if self._handed:  # bytes of a file already rotated away: its grant, not its size
+        if self._switching is not None:  # bytes of a file rotated away: its grant, not its size
             self._retiring = max(0, self._retiring - (end - start))
             return True
         self._granted = max(0, self._granted - (end - start))
-        if self.log.account(end - start):
-            self._hand_over()
-        else:
+        if not self.log.account(end - start):
             self._top_up()
+        elif self.log.adopted and self._queued is not None:  # the pump's next file is in place
+            self._queued = None
+            self._granted, self._next_grant = self._next_grant, 0
+            self._top_up()
+        else:
+            self._hand_over()
         return True
 
     def due(self) -> float | None:
@@ -235,12 +313,16 @@ class PumpFeed:
 
     def close(self) -> None:
         """Give back the unused room; close the socket and every read-back descriptor."""
-        self.log.unreserve(self._granted + self._retiring)
-        self._granted = self._retiring = 0
+        self._gone = True
+        self.log.discard_to = None
+        self.log.unreserve(self._granted + self._retiring + self._next_grant)
+        self._granted = self._retiring = self._next_grant = 0
+        self._queued = None
+        self._note()
         for _, rfd in self._segments:
             self._close_fd(rfd)
         self._segments = []
-        for rfd in self._handed:
+        for rfd in self._handed.values():
             self._close_fd(rfd)
-        self._handed = []
+        self._handed = {}
         self.sock.close()

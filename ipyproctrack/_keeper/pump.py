@@ -13,16 +13,21 @@ One message per SOCK_SEQPACKET packet. Keeper to kernel:
 - ``P<s><end>``: every byte up to the stream offset ``end`` (ASCII) is in the files; the
   ones since the previous ``P`` are stream ``s`` (``o`` stdout, ``e`` stderr);
 - ``D<s><bytes>``: bytes of stream ``s`` that are in no file;
-- ``S<offset>``: the bytes from ``offset`` on go to the file handed over last;
+- ``S<offset>,<id>``: the bytes from ``offset`` on go to file ``id``;
 - ``W<errno>``: writing the file failed; the bytes come inside ``D`` from now on;
 - ``X<s>``: stream ``s`` reached its end.
 
-Kernel to keeper: ``F<room>`` with one descriptor (``SCM_RIGHTS``): write to this file
-from now on, at most ``room`` bytes; ``R<more>``: that many more bytes into the same file;
-``N``: no file, send the bytes inside the messages. The kernel grants room a piece at a
-time, charged to the log budget before it is written, and a file's last piece ends where
-``RotatingLog`` would rotate it: the log rotates exactly there, the budget is never passed,
-and the pump waits only when the kernel has fallen a whole piece behind.
+Kernel to keeper, each file with a number ``id`` and one descriptor (``SCM_RIGHTS``):
+``F<id>,<room>``: write to this file from now on, at most ``room`` bytes; ``Q<id>,<room>``:
+the next file, to take as soon as the current one's room is used up (the kernel renames it
+into place when it hears of the switch), so rotation never waits for the kernel;
+``R<more>``: that many more bytes into the current file; ``N``: no file, send the bytes
+inside the messages; ``C`` with a descriptor: a deleted log file, to close here (the last
+close frees its cached pages: that CPU is the keeper's, not the kernel's). The kernel
+grants room a piece at a time, charged to the log budget before it is written, and a
+file's last piece ends where ``RotatingLog`` would rotate it: the log rotates exactly
+there, the budget is never passed, and the pump waits only when the kernel has fallen a
+whole piece (or file) behind.
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ import select
 
 READ_SIZE = 1 << 16
 # Without a stream switch, the kernel hears of the bytes at least once per this many, and
-# before the pump waits for more: a flood costs it one message per MiB (and the kernel
-# grants room 4 MiB at a time, so the pump need not wait for its answer).
-REPORT_EVERY = 1 << 20
+# before the pump waits for more: a flood costs it one message per 2 MiB (and the kernel
+# grants room 8 MiB at a time, the next piece when half is left, so the pump need not
+# wait for its answer). A SOCK_SEQPACKET pair queues only net.unix.max_dgram_qlen (10)
+# messages: fewer of them also keep the pump from waiting for a lagging kernel.
+REPORT_EVERY = 2 << 20
 # A pause in the output this long (ms) makes the pump tell the kernel at once: the delay
 # a reader of the tail, a subscriber or a readiness check can see.
 QUIET_MS = 5
@@ -69,6 +76,7 @@ class Pump:
         self.sock = _socket.socket(fileno=sock_fd)
         self.file = -1
         self.room = -1  # bytes the kernel lets us write to the file (-1: no limit)
+        self.queued: tuple[int, int, bytes] | None = None  # the next file: fd, room, id
         self.total = 0  # bytes of both streams so far
         self.reported = 0  # of which the kernel has heard
         self.stream = b""  # the stream of the bytes since ``reported``
@@ -103,22 +111,46 @@ class Pump:
                     if fd >= 0:
                         os.close(fd)
                     return False
-                if data[:1] == b"R":
+                kind, rest = data[:1], data[1:]
+                if kind == b"C":  # a deleted file: our close frees its pages, not the kernel's
                     if fd >= 0:
                         os.close(fd)
-                    if self.room >= 0:
-                        self.room += int(data[1:])
                     continue
-                self._report()  # the bytes before the switch are in the old file
-                if self.file >= 0:
-                    os.close(self.file)
-                self.file = fd if data[:1] == b"F" else -1
-                if self.file >= 0:
-                    self.room = int(data[1:])
-                    self._send(b"S" + str(self.total).encode())
+                if kind == b"R":
+                    if fd >= 0:
+                        os.close(fd)
+                    if self.queued is not None:  # after a Q, room is for the queued file:
+                        q_fd, q_room, q_id = self.queued  # the current one's last piece
+                        self.queued = (q_fd, q_room + int(rest), q_id)  # came before it
+                    elif self.room >= 0:
+                        self.room += int(rest)
+                    continue
+                file_id, _, room = rest.partition(b",")
+                if kind == b"Q":
+                    self._drop_queued()
+                    if fd >= 0:
+                        self.queued = (fd, int(room), file_id)
+                    continue
+                self._drop_queued()  # F or N: a queued file is not wanted any more
+                self._switch(fd if kind == b"F" else -1, int(room or 0), file_id)
         except OSError:
             self.kernel_gone = True
             return False
+
+    def _switch(self, fd: int, room: int, file_id: bytes) -> None:
+        """Write to ``fd`` from now on (-1: into the messages)."""
+        self._report()  # the bytes before the switch are in the old file
+        if self.file >= 0:
+            os.close(self.file)
+        self.file = fd
+        if fd >= 0:
+            self.room = room
+            self._send(b"S" + str(self.total).encode() + b"," + file_id)
+
+    def _drop_queued(self) -> None:
+        if self.queued is not None:
+            os.close(self.queued[0])
+            self.queued = None
 
     # --- the loop ---------------------------------------------------------------------------
     def _write(self, stream: bytes, data: bytes) -> None:
@@ -128,13 +160,21 @@ class Pump:
         while self.file >= 0 and 0 <= self.room < len(data):  # fills this file: next one
             part, data = data[: self.room], data[self.room :]
             self._write_file(part)
-            if self.file >= 0:  # out of room: wait for more, or for the next file
+            if self.file < 0:
+                break
+            if self.queued is None:  # wait for more room or the next file
                 self._report()
                 full = self.file
-                while self.file == full and self.room == 0 and self._take(block=True):
+                while (self.file == full and self.room == 0 and self.queued is None
+                       and self._take(block=True)):
                     pass
                 if self.kernel_gone:  # nobody grants room or rotates from here on
+                    self._drop_queued()
                     self.room = -1
+            if self.file >= 0 and self.room == 0 and self.queued is not None:
+                fd, room, file_id = self.queued
+                self.queued = None
+                self._switch(fd, room, file_id)
         self._write_file(data)
 
     def _write_file(self, data: bytes) -> None:
@@ -175,15 +215,13 @@ class Pump:
         poller.register(sock_fd, select.POLLIN)
         try:
             while self.pipes:
-                events = poller.poll(0)
-                if not events and self.total > self.reported:
-                    # Caught up: the kernel hears of everything before we wait, unless
-                    # more comes within QUIET_MS (a flood's writer is often just behind).
-                    events = poller.poll(QUIET_MS)
-                    if not events:
-                        self._report()
+                # The kernel hears of everything before we wait for good, once nothing
+                # came for QUIET_MS (a flood's writer is often just behind): one poll()
+                # per read, as the plain loop's one blocking read.
+                events = poller.poll(QUIET_MS if self.total > self.reported else None)
                 if not events:
-                    events = poller.poll()
+                    self._report()
+                    continue
                 for fd, _ in events:
                     if fd == sock_fd:
                         if not self._take(block=False):
@@ -211,4 +249,5 @@ class Pump:
                 os.close(fd)
             if self.file >= 0:
                 os.close(self.file)
+            self._drop_queued()
             self.sock.close()
