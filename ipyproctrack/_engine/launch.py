@@ -143,8 +143,9 @@ class Root:
 
 def keeper_drains() -> bool:
     """Whether the keepers write the logs (Linux, ``IPYPROCTRACK_KEEPER_DRAIN=1``:
-    ``_keeper/pump.py``). Not yet the default: it takes a flood's cost off the kernel, but
-    the flood itself ran slower than through the kernel's drain (docs/design.md)."""
+    ``_keeper/pump.py``). Not the default: it takes a flood's cost off the kernel, but the
+    flood is no faster, and one at full speed then takes the cores the notebook needs,
+    where the kernel's drain holds it to the kernel's pace (docs/design.md)."""
     return (plat.IS_LINUX and plat.USE_KEEPER
             and os.environ.get("IPYPROCTRACK_KEEPER_DRAIN", "0") == "1")
 
