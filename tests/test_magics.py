@@ -456,7 +456,8 @@ def test_widget_renders_state_tail_and_buttons(ip: InteractiveShell) -> None:
     assert repr(widget.view).startswith("wid: pid")
 
     widget._on_stop(widget.stop_button)  # the Stop button (runs on a helper thread)
-    wait_for(lambda: proc.stopped and proc.output_done)
+    # stopped: the teardown began; the exit status may come a moment after the output's end
+    wait_for(lambda: proc.stopped and proc.output_done and proc.returncode is not None)
     refresh(session, widget)
     assert "stopped" in widget.header.value and widget.stop_button.disabled
     assert "err" in widget.tail.value  # the last lines stay after the end
