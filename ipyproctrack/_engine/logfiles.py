@@ -262,11 +262,10 @@ class RotatingLog:
         return -1
 
     def next_size(self) -> int:
-        """Bytes the pump has already written into the ready file (before it is in place)."""
-        try:
-            return os.fstat(self._next_fd).st_size if self._next_fd >= 0 else 0
-        except OSError:
-            return 0
+        """Bytes the pump has already written into the ready file (before it is in place).
+        By path: the budget asks from any thread, and the descriptor may be closed (and its
+        number reused) meanwhile."""
+        return _size(self._next_path) if self._next_fd >= 0 else 0
 
     def drop_next(self) -> None:
         """Close and delete the ready file (the pump will not switch to it)."""
