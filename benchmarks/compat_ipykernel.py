@@ -106,10 +106,11 @@ def _suite(python: Path, src: Path, workdir: Path, *, loaded: bool, args: list[s
         profile.mkdir(parents=True)
         (profile / "ipython_config.py").write_text(PROFILE)
     junit = workdir / f"junit-{mode}.xml"
-    # ipykernel's tests leave temporary kernelspec folders behind: keep them in our workdir
+    # ipykernel's tests leave temporary kernelspec folders and connection files
+    # (kernel-<pid>.json, in the runtime directory) behind: keep them in our workdir
     scratch = Path(tempfile.mkdtemp(prefix=f"tmp-{mode}-", dir=workdir))
     env = {**os.environ, "IPYTHONDIR": str(ipdir), "IPYPROCTRACK_COMPAT_MARKS": str(marks),
-           "TMPDIR": str(scratch)}
+           "TMPDIR": str(scratch), "JUPYTER_RUNTIME_DIR": str(scratch / "runtime")}
     env.pop("PYTHONPATH", None)
     # our pytest plugin stays out of both runs: only the IPython extension differs
     cmd = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:ipyproctrack",

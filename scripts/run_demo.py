@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -28,6 +30,7 @@ import nbformat
 import psutil
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+from traitlets.config import Config
 
 # nbformat's read/write are untyped
 _nb_read: Callable[..., Any] = nbformat.read
@@ -125,11 +128,31 @@ def run(notebook: Path, output: Path, timeout: float) -> int:
     env = dict(os.environ)
     env[RUN_VARIABLE] = mark
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    sockets = tempfile.mkdtemp(prefix="ipt-kernel-", dir="/tmp" if os.name == "posix" else None)
+    try:
+        return _run(nb, notebook, output, timeout, env, mark, sockets)
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+def kernel_sockets(directory: str) -> Config:
+    """IPC sockets in ``directory`` (POSIX), not TCP ports: a free port that jupyter_client
+    picks may be taken before the kernel binds it, by a server the notebook (or another
+    run) starts. A short absolute path of their own: a socket's path has at most 107
+    bytes, and by default they are named after the connection file."""
+    if os.name != "posix":
+        return Config()
+    return Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(directory, "k")}})
+
+
+def _run(nb: Any, notebook: Path, output: Path, timeout: float, env: dict[str, str],
+         mark: str, sockets: str) -> int:
     client = NotebookClient(
         nb,
         timeout=timeout,
         kernel_name="python3",
         resources={"metadata": {"path": str(notebook.parent)}},
+        config=kernel_sockets(sockets),
     )
     failed: str | None = None
     early: dict[int, tuple[float, str]] = {}

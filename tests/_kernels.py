@@ -35,6 +35,17 @@ while True:
 """
 
 
+def kernel_sockets(directory: str) -> dict[str, str]:
+    """A KernelManager's transport: IPC sockets in ``directory`` (POSIX), not TCP ports.
+    jupyter_client picks free ports and the kernel binds them later, and meanwhile a
+    kernel or server of another test worker may take one ("Address already in use": a CI
+    failure of 62404a2). The sockets need a short absolute path of their own: by default
+    they are named after the connection file, or relative to the working directory."""
+    if os.name != "posix":
+        return {}
+    return {"transport": "ipc", "ip": os.path.join(directory, "kernel")}
+
+
 @dataclass
 class Result:
     msgs: list[dict[str, Any]] = field(default_factory=list)
@@ -80,7 +91,7 @@ class Kernel:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO), env.get("PYTHONPATH", "")) if p
         )
-        self.km = KernelManager(kernel_name="python3")
+        self.km = KernelManager(kernel_name="python3", **kernel_sockets(self.tmpdir))
         self.km.start_kernel(cwd=str(REPO), env=env)
         self.kc = self.km.client()
         self.kc.start_channels()

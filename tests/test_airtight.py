@@ -241,7 +241,7 @@ def test_kernel_sigkill(kernel: Kernel, doomed: Doomed, tmp_path: Path) -> None:
 # what the test needs to argv[1], and sleeps until the test SIGKILLs it.
 SERVER = textwrap.dedent(
     """\
-    import json, os, sys, time
+    import json, os, sys, tempfile, time
     from jupyter_client.manager import KernelManager
 
     info_path, repo, command, grace = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
@@ -255,7 +255,9 @@ SERVER = textwrap.dedent(
 
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, env.get("PYTHONPATH", "")) if p)
-    km = KernelManager(kernel_name="python3")
+    # IPC sockets of its own (TMPDIR is the test's): no port to lose (_kernels.py)
+    km = KernelManager(kernel_name="python3", transport="ipc",
+                       ip=os.path.join(tempfile.mkdtemp(), "kernel"))
     km.start_kernel(cwd=repo, env=env)
     kc = km.client()
     kc.start_channels()
