@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from _kernels import Kernel, Result, http_status
-from _procs import is_alive, wait_dead
+from _procs import free_port, is_alive, wait_dead
 
 pytestmark = [
     pytest.mark.timeout(150),
@@ -27,11 +27,13 @@ def test_two_port_auto_cells_get_two_ports_that_both_answer(shared: Kernel) -> N
                          "('web1', 'web2')]")
     assert ports[0] != ports[1]
     assert [http_status(p) for p in ports] == [200, 200]
-    # {port} in the command and in --wait-port, with a fixed --port
-    shared.ok(f"%%tracked web3 --port {ports[0] + 1 if ports[0] < 65535 else 1024} "
-              f"--wait-port {{port}} --no-widget\n"
+    # {port} in the command and in --wait-port, with a fixed --port (one that was free a
+    # moment ago: a port next to an auto port may belong to anyone's connection)
+    fixed = free_port()
+    shared.ok(f"%%tracked web3 --port {fixed} --wait-port {{port}} --no-widget\n"
               f"exec {sys.executable} -m http.server {{port}} --bind 127.0.0.1\n")
     port3 = shared.value("__import__('ipyproctrack').tracked('web3').port")
+    assert port3 == fixed
     assert http_status(port3) == 200
 
 

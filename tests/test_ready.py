@@ -6,9 +6,11 @@ thread; the Tracker's own loop thread drains the output meanwhile, as in a noteb
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
+import subprocess
 import sys
 import textwrap
 import time
@@ -268,6 +270,63 @@ def test_a_time_wait_leftover_is_not_a_taken_port() -> None:
     assert held is not None and held.pid == os.getpid()
     listener.close()
     assert port_holder(port) is None
+
+
+# Runs in a network namespace of its own (root only), whose ephemeral range is one port:
+# a connect to that port, with nothing listening, then always connects to itself.
+_SELF_CONNECT = textwrap.dedent("""
+    import asyncio, fcntl, json, socket, struct
+    from ipyproctrack import PortReady
+    from ipyproctrack._engine.ports import port_holder
+
+    with socket.socket() as s:  # bring up lo: SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP
+        req = struct.pack("16sH", b"lo", 0)
+        flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, req)[:18])[1]
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH", b"lo", flags | 1))
+
+    def only_port(port):
+        with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+            f.write(f"{port} {port}")
+
+    out = {}
+    only_port(40000)
+    raw = socket.create_connection(("127.0.0.1", 40000), timeout=2)
+    out["control"] = raw.getsockname() == raw.getpeername()
+    raw.close()
+    only_port(40010)
+    out["ready"] = asyncio.run(PortReady(40010).check(None))
+    only_port(40020)
+    out["holder"] = repr(port_holder(40020))
+    with socket.socket() as server:  # no SO_REUSEADDR: a TIME_WAIT on the port fails it
+        try:
+            server.bind(("127.0.0.1", 40010))
+        except OSError as exc:
+            out["bind"] = exc.strerror
+            print(json.dumps(out))
+            raise SystemExit
+        server.listen()
+        with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+            f.write("41000 42000")
+        out["ready_listening"] = asyncio.run(PortReady(40010).check(None))
+    print(json.dumps(out))
+""")
+
+
+def test_a_connect_to_itself_is_not_a_listening_port() -> None:
+    # The CI failure: a fixed port next to an auto port lies in the ephemeral range, and a
+    # readiness poll's connect, sourced from that very port, "answered" before the server
+    # had bound it; the test's request then met a refused connection.
+    if os.geteuid() != 0:
+        pytest.skip("a network namespace needs root")
+    run = subprocess.run(["unshare", "--net", sys.executable, "-c", _SELF_CONNECT],
+                         capture_output=True, text=True, timeout=60, check=False)
+    if run.returncode != 0 and "unshare" in run.stderr and "ermitted" in run.stderr:
+        pytest.skip(f"no network namespace here: {run.stderr.strip()}")
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert "bind" not in out, f"the check left the port unusable: {out['bind']}"
+    assert out["control"], "the namespace did not reproduce a connect to itself"
+    assert out == {"control": True, "ready": False, "holder": "None", "ready_listening": True}
 
 
 def test_listening_ports_cover_the_whole_tree(tracker: Tracker) -> None:

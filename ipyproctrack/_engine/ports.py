@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from .._proc.scan import command_of
 from ..errors import LaunchError, PortInUseError
-from .ready.checks import PORT_FIELD
+from .ready.checks import PORT_FIELD, connected_to_itself
 
 if TYPE_CHECKING:
     from .ready import ReadinessCheck
@@ -84,7 +84,7 @@ def _connect_works(family: socket.AddressFamily, addr: str, port: int) -> bool:
             return True  # a loopback connect only hangs when a full backlog holds it
         except OSError:
             return False
-        return True
+        return not connected_to_itself(s)
 
 
 def _bind_fails(family: socket.AddressFamily, addr: str, port: int) -> bool:

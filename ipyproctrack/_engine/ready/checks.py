@@ -8,11 +8,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import codecs
+import contextlib
 import inspect
 import ipaddress
 import logging
 import re
 import socket
+import struct
 import threading
 import urllib.parse
 from collections.abc import Awaitable, Callable, Container, Iterable, Sequence
@@ -131,9 +133,32 @@ async def _connect(host: str, port: int) -> anyio.abc.SocketStream | None:
 
 def _connect_blocking(host: str, port: int) -> socket.socket | None:
     try:
-        return socket.create_connection((host, port), timeout=_ATTEMPT_TIMEOUT)
+        sock = socket.create_connection((host, port), timeout=_ATTEMPT_TIMEOUT)
     except OSError:
         return None
+    if connected_to_itself(sock):
+        return None
+    return sock
+
+
+def connected_to_itself(sock: socket.socket) -> bool:
+    """True (and ``sock`` closed) if a connect reached its own socket, not a server.
+
+    A connect to a local port in the ephemeral range where nothing listens yet can pick
+    that very port as its source: TCP's simultaneous open then connects the socket to
+    itself. Auto ports come from that range, so a readiness poll would see "ready" before
+    the server binds (a CI failure). The close resets the socket (SO_LINGER 0) so that no
+    TIME_WAIT holds the port against a server that binds without SO_REUSEADDR.
+    """
+    try:
+        if sock.getsockname() != sock.getpeername():
+            return False
+    except OSError:  # reset already: the caller's first read or write fails
+        return False
+    with contextlib.suppress(OSError):  # without the linger the close still counts
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+    return True
 
 
 class PortReady(ReadinessCheck):
