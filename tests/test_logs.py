@@ -3,6 +3,7 @@ the per-user base directory that keeps only the newest ended sessions."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -171,6 +172,55 @@ def test_an_unwritable_log_is_shown(tmp_path: Path) -> None:
         proc = t.start([PY, "-c", "print('hi')"], name="web")
         assert proc.wait(10) == 0 and proc.wait_output_done(10)
         assert proc.log_error == f"no log: is a directory on {proc.log_path}"
+
+
+# Runs in a mount namespace of its own (root only), with the logs on a 1 MiB tmpfs: the
+# server writes 4 MiB, then a last line, then waits to be stopped.
+_FULL_DISK = r"""
+import json, os, subprocess, sys, time
+from ipyproctrack import Tracker
+mnt = sys.argv[1]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", mnt], check=True)
+writer = ("import sys, time; w = sys.stdout.buffer; w.write(b'x' * (4 << 20)); "
+          "w.write(b'\\nthe last line\\n'); w.flush(); time.sleep(60)")
+with Tracker(log_dir=os.path.join(mnt, "logs"), log_budget_bytes=0) as t:
+    proc = t.start([sys.executable, "-c", writer], name="web")
+    deadline = time.monotonic() + 30
+    while "the last line" not in proc.tail() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out = {"tail": proc.tail().splitlines()[-1:], "received": proc.bytes_received,
+           "pumped": proc._root.pump is not None, "error": proc.log_error,
+           "running": proc.is_running(),
+           "log_size": proc.log_path.stat().st_size if proc.log_path.exists() else None}
+    out["cleanup_ok"] = t.cleanup(grace=1).ok
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("keeper_drain", ["0", "1"], ids=["kernel-drain", "keeper-pump"])
+def test_a_full_disk_is_shown_and_the_server_is_still_drained(
+    tmp_path: Path, keeper_drain: str
+) -> None:
+    # The pump's write error ("W") hands the output to the kernel; the kernel's own drain
+    # records the error and keeps reading. Either way nothing stalls and the tail goes on.
+    if os.geteuid() != 0 or not sys.platform.startswith("linux"):
+        pytest.skip("a mount namespace needs root on Linux")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = {**os.environ, "IPYPROCTRACK_KEEPER_DRAIN": keeper_drain}
+    run = subprocess.run(["unshare", "--mount", "--propagation", "private", PY, "-c",
+                          _FULL_DISK, str(mnt)],
+                         capture_output=True, text=True, timeout=90, env=env, check=False)
+    if run.returncode != 0 and "unshare" in run.stderr and "ermitted" in run.stderr:
+        pytest.skip(f"no mount namespace here: {run.stderr.strip()}")
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.splitlines()[-1])
+    assert out["pumped"] is (keeper_drain == "1")
+    assert out["tail"] == ["the last line"]
+    assert out["received"] == (4 << 20) + len("\nthe last line\n")
+    assert out["error"] is not None and out["error"].startswith("no log: no space left on device")
+    assert out["running"] and out["cleanup_ok"]
+    assert out["log_size"] is not None and out["log_size"] <= 1 << 20
 
 
 # --- the disk budget ------------------------------------------------------------------------
