@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -16,6 +18,10 @@ import pytest
 from _procs import until
 
 from ipyproctrack import OutputChunk, Tracker
+from ipyproctrack._engine.logfiles import LogBudget, RotatingLog
+from ipyproctrack._engine.output import OutputSink
+from ipyproctrack._engine.pumped import PumpFeed
+from ipyproctrack._keeper.pump import Pump
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux pumps")
 
@@ -125,3 +131,70 @@ def test_a_killed_keeper_ends_the_output(tmp_path: Path) -> None:
         os.kill(keeper.pid, signal.SIGKILL)  # ours: the keeper of this test's process
         assert proc.wait_output_done(10)  # the pump's socket closed: no hang
         t.cleanup(grace=0.5)
+
+
+class _Piped:
+    """One log fed by a real ``Pump`` on a thread, driven here step by step: the test
+    writes into the command's pipe and runs the kernel's end (``PumpFeed``) itself."""
+
+    def __init__(self, path: Path, budget: LogBudget) -> None:
+        self.log = RotatingLog(path, max_bytes=20 << 20, backups=5, budget=budget)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        out_r, self.out_w = os.pipe()
+        err_r, self.err_w = os.pipe()
+        self.pump = Pump(out_r, err_r, theirs.detach())
+        self.thread = threading.Thread(target=self.pump.run, name=f"pump {path.name}")
+        self.thread.start()
+        self.feed = PumpFeed(ours, OutputSink(self.log, tail_bytes=4096, tail_lines=10))
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        """Write ``data`` into the pipe (serving the pump meanwhile), then wait until the
+        pump says every byte is in the files."""
+        view = memoryview(data)
+        while view:
+            readable, writable, _ = select.select([self.feed.fileno], [self.out_w], [], 5)
+            if writable:
+                n = os.write(self.out_w, view[:65536])
+                view, self.written = view[n:], self.written + n
+            if readable:
+                self.feed.on_readable()
+        assert until(self._caught_up, timeout=10), (self.feed._end, self.written)
+
+    def _caught_up(self) -> bool:
+        select.select([self.feed.fileno], [], [], 0.05)
+        self.feed.on_readable()
+        return self.feed._end >= self.written
+
+    def close(self) -> None:
+        os.close(self.out_w)
+        os.close(self.err_w)
+        assert until(lambda: select.select([self.feed.fileno], [], [], 0.05)[0] != []
+                     and self.feed.on_readable()[1], timeout=10)
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+        self.feed.close()
+        self.log.close()
+
+
+def test_four_pumped_logs_never_pass_the_session_budget(tmp_path: Path) -> None:
+    """Deterministic where the four-floods test samples: after every 300 KiB step, with
+    the pump caught up, the files on disk fit the budget. The room granted to the pumps
+    (written later, without another charge) must count when the budget makes room: without
+    ``RotatingLog.granted`` in ``LogBudget._reclaim`` the logs grew to 9.7 MiB of 8."""
+    limit = 8 << 20
+    budget = LogBudget(limit)
+    logs = [_Piped(tmp_path / f"flood-{i}.log", budget) for i in range(4)]
+    step = LINE * (300 * 1024 // len(LINE))
+    worst = 0
+    try:
+        for _ in range(40):
+            for piped in logs:
+                piped.write(step)
+                worst = max(worst, sum(p.stat().st_size for p in tmp_path.iterdir()))
+    finally:
+        for piped in logs:
+            piped.close()
+    assert sum(p.written for p in logs) == 160 * len(step)  # 47 MiB, 6x the budget
+    assert worst <= limit, f"the logs took {worst} bytes, over the {limit}-byte budget"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".next")]
