@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from .. import _platform as plat
 
@@ -24,6 +25,8 @@ _RECHECK_SECONDS = 1.0
 # Under a budget, no one log file grows past this share of it before it rotates.
 _BUDGET_FILE_SHARE = 8
 _MIN_FILE_CAP = 64 << 10
+# What ``RotatingLog.account`` did to the file a pump writes.
+FileChange = Literal["same", "adopted", "new"]
 
 
 def open_private(path: Path, *, append: bool, exclusive: bool = False) -> int:
@@ -167,7 +170,6 @@ class RotatingLog:
         self.handed = False  # a keeper's pump appends to the files (pumped.py)
         self._opened = 0  # files opened so far: the pump is handed each new one
         self._next_fd = -1  # the pump's next file, made ready before this one is full
-        self.adopted = False  # the last rotation put the ready file in place (pump's own)
         self.granted = 0  # room the pump may still use, reserved (kept by pumped.py)
         self.ready_rotations = 0  # rotations onto a ready file: the pump did not wait
         # Given a deleted file's last descriptor to close (pumped.py: the keeper frees its
@@ -202,24 +204,25 @@ class RotatingLog:
         if self._budget is not None and nbytes > 0:
             self._budget.release(nbytes)
 
-    def account(self, nbytes: int) -> bool:
+    def account(self, nbytes: int) -> FileChange:
         """The pump appended ``nbytes`` (reserved before) to the current file: keep the
-        rules (rotation, a deleted file). True when the file changed or is gone: the pump
-        must be handed ``fd``, unless ``adopted`` (its ready file was put in place)."""
-        self.adopted = False
+        rules (rotation, a deleted file). "new" when the file changed or is gone (the pump
+        must be handed ``fd``), "adopted" when the ready file was put in place (the pump
+        writes there already), else "same"."""
         if self._fd < 0:
-            return False
+            return "same"
         opened = self._opened
         try:
             self._size += nbytes
             if self._full():
-                self._rotate()
+                if self._rotate():
+                    return "adopted"
             else:
                 self._now_and_then()
         except OSError as exc:
             self._fail(exc)
             self._close_fd()
-        return self._opened != opened or self._fd < 0
+        return "new" if self._opened != opened or self._fd < 0 else "same"
 
     def room(self) -> int:
         """Bytes the current file may take before it rotates (0: no limit); a full one is
@@ -343,13 +346,13 @@ class RotatingLog:
         os.ftruncate(self._fd, 0)
         return freed
 
-    def _rotate(self) -> None:
+    def _rotate(self) -> bool:
+        """Whether the ready file became the log (else a fresh file, or none)."""
         self._rotate_soon = False
         # The ready file is the next one only at the end of this one: the pump switches
         # there by itself. Any earlier rotation (the budget, a deleted file) gets a fresh
         # file that the pump is handed.
         ready = self._next_fd >= 0 and self._limit > 0 and self._size >= self._limit
-        self.adopted = False
         if not ready:
             self.drop_next()
         self._close_fd()
@@ -384,12 +387,13 @@ class RotatingLog:
             except OSError:
                 os.close(fd)
                 raise
-            self._fd, self.adopted = fd, True
+            self._fd = fd
             self._opened += 1
             self.ready_rotations += 1
-            return
+            return True
         # A fresh file: whatever appeared at the path since is not ours to write into.
         self._fd = self._open(exclusive=True)
+        return False
 
     def _backup(self, n: int) -> Path:
         return self.path.with_name(f"{self.path.name}.{n}")

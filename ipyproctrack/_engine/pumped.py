@@ -228,9 +228,10 @@ class PumpFeed:
             self._retiring = max(0, self._retiring - (end - start))
             return True
         self._granted = max(0, self._granted - (end - start))
-        if not self.log.account(end - start):
+        change = self.log.account(end - start)
+        if change == "same":
             self._top_up()
-        elif self.log.adopted and self._queued is not None:  # the pump's next file is in place
+        elif change == "adopted" and self._queued is not None:  # the pump's file is in place
             self._queued = None
             self._granted, self._next_grant = self._next_grant, 0
             self._top_up()
