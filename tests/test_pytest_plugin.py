@@ -241,7 +241,9 @@ def test_a_leak_in_an_xdist_worker_fails_the_whole_run(pytester: pytest.Pytester
         kill_by_identity(leak)
 
 
-def test_sigkilling_pytest_leaves_nothing_within_3_s(pytester: pytest.Pytester) -> None:
+def _sigkill_an_inner_pytest(pytester: pytest.Pytester) -> tuple[list[int], float]:
+    """SIGKILL a pytest whose test holds a nasty tree: (the members alive 20 s later,
+    seconds until the last one died)."""
     pytester.makepyfile(helpers=INNER_HELPERS, test_inner="""
 from helpers import *
 
@@ -270,12 +272,27 @@ def test_waits_to_be_killed(proctrack):
         assert len(members) >= 3  # the root, the sleeper, the SIGTERM ignorer
         inner.send_signal(signal.SIGKILL)
         inner.wait(10)
-        assert wait_dead(members, 3.0) == []
+        t0 = time.monotonic()
+        left = wait_dead(members, 20.0)
+        return left, time.monotonic() - t0
     finally:
         if inner.poll() is None:
             inner.kill()
             inner.wait(10)
         kill_by_identity(members)
+
+
+def test_sigkilling_pytest_leaves_nothing(pytester: pytest.Pytester) -> None:
+    left, _ = _sigkill_an_inner_pytest(pytester)
+    assert left == []
+
+
+@pytest.mark.perf
+def test_sigkilling_pytest_leaves_nothing_within_3_s(pytester: pytest.Pytester) -> None:
+    # 1 s of grace for the SIGTERM ignorer, then SIGKILL; on a loaded machine (two test
+    # runs at once) it once took longer, hence a timing test apart from the one above.
+    left, took = _sigkill_an_inner_pytest(pytester)
+    assert left == [] and took < 3.0, (left, took)
 
 
 def test_no_ipyproctrack_turns_the_plugin_off(pytester: pytest.Pytester) -> None:
