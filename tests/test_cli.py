@@ -124,7 +124,7 @@ NAMESPACE = textwrap.dedent(
                 return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
         except OSError:
             return False
-    owner = subprocess.Popen([sys.executable, "-c", sys.argv[1], "8765"],
+    owner = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]],
                              stdout=subprocess.PIPE, text=True)
     tag, server = owner.stdout.readline().split()
     dead_env = dict(os.environ, IPYPROCTRACK_SESSION="4000000-dead",
@@ -160,7 +160,9 @@ def _unshare() -> list[str]:
 
 
 def test_dead_leaves_live_sessions_alone_and_all_ends_them() -> None:
-    out = subprocess.run([*_unshare(), sys.executable, "-c", NAMESPACE, OWNER],
+    # The namespace has its own pids, not its own network: a fixed port may be anyone's.
+    out = subprocess.run([*_unshare(), sys.executable, "-c", NAMESPACE, OWNER,
+                          str(free_port())],
                          capture_output=True, text=True, timeout=120, cwd=REPO,
                          env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert out.returncode == 0, out.stderr

@@ -214,8 +214,8 @@ def test_tags_are_exact(tracker: Tracker) -> None:
          "os.environ['IPYPROCTRACK_PROCESS'])"],
         name="tags",
     )
-    assert proc.wait(10) == 0
-    assert until(lambda: proc.tail().strip() != "")
+    # all of it: with PYTHONUNBUFFERED set, print() writes its two words apart
+    assert proc.wait(10) == 0 and proc.wait_output_done(10)
     session, process = proc.tail().split()
     assert session == tracker.session_tag
     assert process == proc.tag and process.startswith(session)
@@ -439,24 +439,26 @@ def test_a_name_whose_tree_outlives_its_root_stays_in_use(tracker: Tracker) -> N
 
 
 def test_tag_finds_a_process_outside_the_tree(tmp_path: Path) -> None:
-    env = dict(os.environ, IPYPROCTRACK_PROCESS="outside-tag-1")
+    # A tag of this run's own: another test run's teardown of a fixed tag would end ours.
+    tag = f"outside-tag-{os.getpid()}-{time.monotonic_ns()}"
+    env = dict(os.environ, IPYPROCTRACK_PROCESS=tag)
     stray = subprocess.Popen(["sleep", "60"], env=env, start_new_session=True)
     try:
         ct = create_time(stray.pid)
         assert ct is not None
         # Popen returns once the exec is under way, but /proc shows the new environment only
         # once it has finished: before that, there is no tag to find.
-        assert until(lambda: procfs.read_tags(stray.pid)[1] == "outside-tag-1", 10)
-        target = Target(name="t", root=None, tag="outside-tag-1", reap=lambda: bool(stray.poll()))
+        assert until(lambda: procfs.read_tags(stray.pid)[1] == tag, 10)
+        target = Target(name="t", root=None, tag=tag, reap=lambda: bool(stray.poll()))
         report = run_teardown([target], grace=1.0)
         assert [(o.pid, o.found_by, o.ended_by) for o in report.outcomes] == [
             (stray.pid, "tag", "SIGTERM")
         ]
         # An inexact tag (a prefix, a suffix) is never a match.
-        for tag in ("outside-tag", "outside-tag-10"):
+        for inexact in (tag[:-1], tag + "0"):
             again = subprocess.Popen(["sleep", "60"], env=env, start_new_session=True)
             try:
-                report = run_teardown([Target(name="t", root=None, tag=tag)], grace=0.2)
+                report = run_teardown([Target(name="t", root=None, tag=inexact)], grace=0.2)
                 assert report.outcomes == [] and again.poll() is None
             finally:
                 again.kill()
