@@ -39,7 +39,9 @@ def alive(pid, ctime):
         return False
 
 def record(name, idents):
-    Path(name).write_text(json.dumps(idents))
+    # whole or not at all: the outer test reads the file as soon as it exists
+    Path(name + ".tmp").write_text(json.dumps(idents))
+    os.replace(name + ".tmp", name)
 
 def wait_file(path, timeout=10.0):
     deadline = time.monotonic() + timeout
