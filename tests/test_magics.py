@@ -679,20 +679,29 @@ def test_widget_never_stays_starting_after_an_unexpected_error(ip: InteractiveSh
     assert widget.phase == "failed" and widget.error.startswith("TypeError: ready=")
     assert repr(widget.view).startswith("bad: failed: TypeError")
     # 2. an exception during the readiness wait (a timer in user code, say): the process
-    # runs on, and the widget shows it
+    # runs on, and the widget shows it. The alarm goes off once the process exists, not
+    # after a fixed time: on a loaded machine 0.5 s once ended the launch before that.
     def alarm(signum: int, frame: Any) -> None:
         raise RuntimeError("alarm went off")
 
+    def alarm_once_launched() -> None:
+        deadline = time.monotonic() + 30
+        while session.launched("alarmed") is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGALRM)  # this test's own process
+
     previous = signal.signal(signal.SIGALRM, alarm)
+    timer = threading.Thread(target=alarm_once_launched, name="alarm")
     try:
         with closed_port() as port:
             spec = LaunchSpec(command="exec sleep 100", name="alarmed",
                               ready=[PortReady(port)], ready_timeout=20)
-            signal.setitimer(signal.ITIMER_REAL, 0.5)
+            timer.start()
             with pytest.raises(RuntimeError, match="alarm went off"):
                 session.launch_in_widget(spec)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        if timer.ident is not None:  # started
+            timer.join()
         signal.signal(signal.SIGALRM, previous)
     widget = session.refresher.widgets[-1]
     proc = nb.get_process("alarmed")
