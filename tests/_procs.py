@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import time
 import uuid
@@ -310,3 +312,12 @@ def closed_port() -> Iterator[int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         yield int(s.getsockname()[1])
+
+
+def unshare(*flags: str) -> list[str] | None:
+    """``unshare(1)`` with ``flags`` as a command prefix, if it works here (tried once with
+    ``true``); None without the tool or the right (not root, a container, another OS)."""
+    if shutil.which("unshare") is None:
+        return None
+    cmd = ["unshare", *flags]
+    return cmd if subprocess.run([*cmd, "true"], capture_output=True).returncode == 0 else None

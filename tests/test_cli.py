@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from _kernels import free_port
-from _procs import create_time, wait_dead
+from _procs import create_time, unshare, wait_dead
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "ipyproctrack"]
@@ -148,14 +147,11 @@ NAMESPACE = textwrap.dedent(
 
 
 def _unshare() -> list[str]:
-    cmd = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
-    if shutil.which("unshare") is None:
-        pytest.skip("no unshare(1)")
-    probe = subprocess.run([*cmd, "true"], capture_output=True)
-    if probe.returncode != 0:
-        cmd[1:1] = ["--user", "--map-root-user"]  # unprivileged: a user namespace too
-        if subprocess.run([*cmd, "true"], capture_output=True).returncode != 0:
-            pytest.skip("cannot make a PID namespace here")
+    pid = ("--pid", "--fork", "--mount-proc", "--kill-child")
+    # unprivileged: in a user namespace too
+    cmd = unshare(*pid) or unshare("--user", "--map-root-user", *pid)
+    if cmd is None:
+        pytest.skip("cannot make a PID namespace here")
     return cmd
 
 
